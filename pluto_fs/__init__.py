@@ -1,0 +1,1 @@
+"""pluto's product layer: FUSE driver, volume engine, local cache, CLI."""

@@ -1,0 +1,180 @@
+"""The `pluto` command line.
+
+Conventions: `--help` on every command; exit 0 on success, 1 when the
+operation failed, 2 for wrong usage or bad input; errors are one line on
+stderr that say what to do next, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from transport.dial import parse_address
+
+from .units import format_size, parse_size
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the person at the keyboard: exit 2 with a one-line message."""
+
+
+def _address(text: str) -> str:
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _listen_address(text: str) -> str:
+    try:
+        parse_address(text, allow_any_port=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError("seconds must be more than 0 and at most 86400")
+    return value
+
+
+async def _until_signal(fn, *args) -> None:
+    """Run `fn(*args)` until it returns or SIGINT/SIGTERM arrives, then stop cleanly."""
+    async with trio.open_nursery() as nursery:
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch)
+        await fn(*args)
+        nursery.cancel_scope.cancel()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`pluto serve`: run a storage peer."""
+    from transport.storage_peer import PeerConfig, run_storage_peer
+
+    host, port = parse_address(args.listen, allow_any_port=True)
+    cfg = PeerConfig(
+        store_dir=Path(args.store),
+        capacity=args.capacity,
+        host=host,
+        port=port,
+        coordinator=args.coordinator,
+        heartbeat_interval=args.heartbeat,
+        advertise=args.advertise,
+        client_quota=args.client_quota,
+        handshake_timeout=args.handshake_timeout,
+    )
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            peer_id, address = await nursery.start(run_storage_peer, cfg)
+            print(
+                f"pluto storage peer {peer_id} listening on {address}, "
+                f"offering {format_size(cfg.capacity)} from {cfg.store_dir}",
+                flush=True,
+            )
+
+    trio.run(_until_signal, main)
+    return EXIT_OK
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    """`pluto coordinator`: run the rendezvous server."""
+    from transport.coordinator import run_coordinator
+
+    host, port = parse_address(args.listen, allow_any_port=True)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            started = await nursery.start(
+                lambda task_status: run_coordinator(
+                    Path(args.data), host, port, heartbeat_interval=args.heartbeat, task_status=task_status
+                )
+            )
+            print(f"pluto coordinator listening on {_describe(started)}, state in {args.data}", flush=True)
+
+    trio.run(_until_signal, main)
+    return EXIT_OK
+
+
+def _describe(started: object) -> str:
+    if isinstance(started, tuple) and len(started) == 2 and isinstance(started[1], int):
+        return f"{started[0]}:{started[1]}"
+    return str(started)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every `pluto` command."""
+    parser = argparse.ArgumentParser(
+        prog="pluto", description="pluto: an encrypted, erasure-coded filesystem on other people's disks."
+    )
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="donate disk space: run a storage peer")
+    p.add_argument("--store", required=True, metavar="DIR", help="directory that holds the donated data")
+    p.add_argument("--capacity", required=True, type=_size, metavar="SIZE", help="space to offer, e.g. 50G")
+    p.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT", help="address to listen on")
+    p.add_argument("--coordinator", type=_address, metavar="HOST:PORT", help="coordinator to register with")
+    p.add_argument("--advertise", type=_address, metavar="HOST:PORT", help="address clients should dial, if not --listen")
+    p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS", help="heartbeat interval (default 30)")
+    p.add_argument("--client-quota", type=_size, metavar="SIZE", help="most one client may store (default: capacity)")
+    p.add_argument("--handshake-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="drop connections that do not finish the handshake in time (default 10)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("coordinator", help="run the coordinator (peer registry, user directory, mailboxes)")
+    p.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT", help="address to listen on")
+    p.add_argument("--data", required=True, metavar="DIR", help="directory for the coordinator's state")
+    p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS", help="expected peer heartbeat interval")
+    p.set_defaults(func=cmd_coordinator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pluto` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"pluto: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"pluto: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""trio networking for pluto: Noise channels, CBOR RPC, storage peer, coordinator."""

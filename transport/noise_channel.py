@@ -1,0 +1,181 @@
+"""Mutually authenticated, encrypted channels: Noise_XX over a trio stream.
+
+Wire format: every Noise message (handshake or transport) is preceded by a
+2-byte big-endian length, as the Noise spec suggests. After the handshake the
+channel carries length-prefixed application messages (4-byte length, then
+that many bytes) split across as many Noise frames as needed.
+
+The remote's static X25519 key, authenticated by the handshake, is its peer
+id. Nothing is read from the remote before the handshake completes except
+the handshake itself, whose messages are tiny and bounded.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import trio
+from noise.connection import Keypair, NoiseConnection
+
+from .errors import ConnectionClosed, HandshakeError, ProtocolError
+from .limits import FRAME_PLAINTEXT_MAX, HANDSHAKE_TIMEOUT, MESSAGE_MAX
+
+PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_BLAKE2b"
+PROLOGUE = b"pluto/1"
+HANDSHAKE_MESSAGE_MAX = 256  # XX messages are at most 96 bytes plus empty payloads
+_RECV_SIZE = 256 * 1024
+
+
+class NoiseChannel:
+    """An established Noise session over a trio stream."""
+
+    def __init__(self, stream: trio.abc.Stream, noise: NoiseConnection, remote_key: bytes) -> None:
+        self.stream = stream
+        self.remote_key = remote_key
+        self._enc = noise.noise_protocol.cipher_state_encrypt
+        self._dec = noise.noise_protocol.cipher_state_decrypt
+        self._raw = bytearray()  # ciphertext received but not yet decrypted
+        self._plain = bytearray()  # decrypted bytes not yet returned as messages
+        self._send_lock = trio.Lock()
+
+    async def send_message(self, payload: bytes | bytearray | memoryview) -> None:
+        """Send one application message; messages from concurrent tasks never interleave."""
+        if len(payload) > MESSAGE_MAX:
+            raise ProtocolError("outgoing message too large")
+        # The 4-byte length shares the first frame with the payload's start, so a
+        # large payload is never copied whole just to prepend its header.
+        view = memoryview(payload)
+        head = FRAME_PLAINTEXT_MAX - 4
+        out = bytearray()
+        self._append_frames(out, memoryview(struct.pack(">I", len(view)) + bytes(view[:head])))
+        self._append_frames(out, view[head:])
+        async with self._send_lock:
+            try:
+                await self.stream.send_all(out)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise ConnectionClosed("connection lost while sending") from exc
+
+    def _append_frames(self, out: bytearray, view: memoryview) -> None:
+        encrypt = self._enc.encrypt_with_ad
+        for off in range(0, len(view), FRAME_PLAINTEXT_MAX):
+            ct = encrypt(None, view[off : off + FRAME_PLAINTEXT_MAX])
+            out += len(ct).to_bytes(2, "big")
+            out += ct
+
+    async def _fill_raw(self) -> None:
+        try:
+            data = await self.stream.receive_some(_RECV_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise ConnectionClosed("connection lost while receiving") from exc
+        if not data:
+            raise ConnectionClosed("remote closed the connection")
+        self._raw += data
+
+    async def _decrypt_one_frame(self) -> None:
+        while len(self._raw) < 2:
+            await self._fill_raw()
+        size = int.from_bytes(self._raw[:2], "big")
+        if size < 16:
+            raise ProtocolError("encrypted frame shorter than its tag")
+        while len(self._raw) < 2 + size:
+            await self._fill_raw()
+        frame = bytes(self._raw[2 : 2 + size])
+        del self._raw[: 2 + size]
+        try:
+            self._plain += self._dec.decrypt_with_ad(None, frame)
+        except Exception as exc:  # InvalidTag and friends: forged or corrupted frame
+            raise ProtocolError("frame failed authentication") from exc
+
+    async def receive_message(self) -> bytes:
+        """Receive the next application message (bounded by MESSAGE_MAX)."""
+        while len(self._plain) < 4:
+            await self._decrypt_one_frame()
+        size = int.from_bytes(self._plain[:4], "big")
+        if size > MESSAGE_MAX:
+            raise ProtocolError(f"incoming message of {size} bytes exceeds the limit of {MESSAGE_MAX}")
+        while len(self._plain) < 4 + size:
+            await self._decrypt_one_frame()
+        msg = bytes(self._plain[4 : 4 + size])
+        del self._plain[: 4 + size]
+        return msg
+
+    async def aclose(self) -> None:
+        """Close the underlying stream."""
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            try:
+                await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+
+async def _send_hs(stream: trio.abc.Stream, data: bytes) -> None:
+    await stream.send_all(len(data).to_bytes(2, "big") + data)
+
+
+async def _recv_exact(stream: trio.abc.Stream, buf: bytearray, n: int) -> bytes:
+    while len(buf) < n:
+        data = await stream.receive_some(_RECV_SIZE)
+        if not data:
+            raise HandshakeError("connection closed during handshake")
+        buf += data
+    out = bytes(buf[:n])
+    del buf[:n]
+    return out
+
+
+async def _recv_hs(stream: trio.abc.Stream, buf: bytearray) -> bytes:
+    size = int.from_bytes(await _recv_exact(stream, buf, 2), "big")
+    if size > HANDSHAKE_MESSAGE_MAX:
+        raise HandshakeError(f"handshake message of {size} bytes is not a pluto handshake")
+    return await _recv_exact(stream, buf, size)
+
+
+async def handshake(
+    stream: trio.abc.Stream,
+    static_private: bytes,
+    initiator: bool,
+    expected_remote: bytes | None = None,
+    timeout: float = HANDSHAKE_TIMEOUT,
+) -> NoiseChannel:
+    """Run Noise_XX on `stream` and return the channel; HandshakeError on any failure.
+
+    `expected_remote` pins the remote's static key (a dialled peer must be who
+    the coordinator said it is); a mismatch closes the connection.
+    """
+    noise = NoiseConnection.from_name(PROTOCOL_NAME)
+    noise.set_prologue(PROLOGUE)
+    noise.set_keypair_from_private_bytes(Keypair.STATIC, static_private)
+    if initiator:
+        noise.set_as_initiator()
+    else:
+        noise.set_as_responder()
+    noise.start_handshake()
+    hs_state = noise.noise_protocol.handshake_state  # kept: noise deletes it once done, with the remote key
+    buf = bytearray()
+    try:
+        with trio.fail_after(timeout):
+            if initiator:
+                await _send_hs(stream, bytes(noise.write_message()))
+                noise.read_message(await _recv_hs(stream, buf))
+                await _send_hs(stream, bytes(noise.write_message()))
+            else:
+                noise.read_message(await _recv_hs(stream, buf))
+                await _send_hs(stream, bytes(noise.write_message()))
+                noise.read_message(await _recv_hs(stream, buf))
+    except trio.TooSlowError as exc:
+        raise HandshakeError(f"handshake not finished within {timeout:g} s") from exc
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise HandshakeError("connection lost during handshake") from exc
+    except HandshakeError:
+        raise
+    except Exception as exc:  # noiseprotocol and cryptography raise many types on forged input
+        raise HandshakeError(f"handshake failed: {type(exc).__name__}") from exc
+    if not noise.handshake_finished:
+        raise HandshakeError("handshake did not complete")
+    remote = hs_state.rs.public_bytes
+    if expected_remote is not None and remote != expected_remote:
+        raise HandshakeError("remote is not the peer we dialled (peer id mismatch)")
+    channel = NoiseChannel(stream, noise, remote)
+    channel._raw += buf  # the initiator may pipeline its first message behind handshake message 3
+    return channel
