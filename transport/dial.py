@@ -15,12 +15,12 @@ def parse_address(text: str, allow_any_port: bool = False) -> tuple[str, int]:
 
     `allow_any_port` admits port 0, meaning "let the kernel choose" when listening.
     """
-    if not isinstance(text, str) or ":" not in text:
+    if not isinstance(text, str) or ":" not in text or not text.isascii() or not text.isprintable() or " " in text:
         raise ValueError(f"address {text!r} must look like HOST:PORT")
     host, _, port_text = text.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     low = 0 if allow_any_port else 1
-    if not host or not port_text.isdigit() or not low <= int(port_text) < 65536:
+    if not host or not port_text.isdigit() or len(port_text) > 5 or not low <= int(port_text) < 65536:
         raise ValueError(f"address {text!r} must look like HOST:PORT with a port from {low} to 65535")
     return host, int(port_text)
 

@@ -37,23 +37,35 @@ class NoiseChannel:
         self._raw = bytearray()  # ciphertext received but not yet decrypted
         self._plain = bytearray()  # decrypted bytes not yet returned as messages
         self._send_lock = trio.Lock()
+        self._broken = False  # True if a send stopped half-way: the stream is out of sync
 
     async def send_message(self, payload: bytes | bytearray | memoryview) -> None:
-        """Send one application message; messages from concurrent tasks never interleave."""
+        """Send one application message; messages from concurrent tasks never interleave.
+
+        Frames are encrypted under the send lock, in wire order, because each
+        one consumes a nonce: a frame encrypted but never sent would make the
+        remote reject every later one. A send interrupted half-way (cancelled,
+        or the socket failed) leaves the stream unusable, so the channel is
+        then marked broken and closed rather than reused.
+        """
         if len(payload) > MESSAGE_MAX:
             raise ProtocolError("outgoing message too large")
-        # The 4-byte length shares the first frame with the payload's start, so a
-        # large payload is never copied whole just to prepend its header.
         view = memoryview(payload)
         head = FRAME_PLAINTEXT_MAX - 4
-        out = bytearray()
-        self._append_frames(out, memoryview(struct.pack(">I", len(view)) + bytes(view[:head])))
-        self._append_frames(out, view[head:])
         async with self._send_lock:
+            if self._broken:
+                raise ConnectionClosed("connection broken by an interrupted send")
+            # The 4-byte length shares the first frame with the payload's start, so a
+            # large payload is never copied whole just to prepend its header.
+            out = bytearray()
+            self._append_frames(out, memoryview(struct.pack(">I", len(view)) + bytes(view[:head])))
+            self._append_frames(out, view[head:])
+            self._broken = True
             try:
                 await self.stream.send_all(out)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ConnectionClosed("connection lost while sending") from exc
+            self._broken = False
 
     def _append_frames(self, out: bytearray, view: memoryview) -> None:
         encrypt = self._enc.encrypt_with_ad

@@ -65,11 +65,21 @@ class PeerPool:
 
 @asynccontextmanager
 async def open_pool(static_private: bytes, connect_timeout: float = HANDSHAKE_TIMEOUT) -> AsyncIterator[PeerPool]:
-    """A PeerPool whose connections live exactly as long as the `async with` block."""
+    """A PeerPool whose connections live exactly as long as the `async with` block.
+
+    An exception from the block is re-raised as itself after the pool has
+    shut down, not wrapped in an ExceptionGroup by the pool's nursery, so
+    callers can write `except RemoteError:` around the block.
+    """
+    error: Exception | None = None
     async with trio.open_nursery() as nursery:
         pool = PeerPool(static_private, nursery, connect_timeout)
         try:
             yield pool
+        except Exception as exc:
+            error = exc
         finally:
             await pool.aclose()
             nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error

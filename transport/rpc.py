@@ -15,6 +15,7 @@ import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ import trio
 
 from . import wire
 from .errors import ConnectionClosed, ProtocolError, RemoteError, RequestTimeout, TransportError
-from .limits import CONCURRENT_REQUESTS_MAX, IDLE_CONNECTION_TIMEOUT, REQUEST_TIMEOUT, STREAM_IDLE_TIMEOUT
+from .limits import CONCURRENT_REQUESTS_MAX, IDLE_CONNECTION_TIMEOUT, MESSAGE_MAX, REQUEST_TIMEOUT, STREAM_IDLE_TIMEOUT
 from .noise_channel import NoiseChannel
 from .peer_id import peer_id_text
 
@@ -114,7 +115,13 @@ class RpcConnection:
     async def _send(self, payload: bytes) -> None:
         if self._closed:
             raise ConnectionClosed(self._close_reason or "connection closed")
-        await self.channel.send_message(payload)
+        try:
+            await self.channel.send_message(payload)
+        finally:
+            if self.channel._broken:
+                self._closed = True
+                self._close_reason = "a send was interrupted half-way"
+                await self.channel.aclose()
 
     # ---- running -----------------------------------------------------------
 
@@ -195,6 +202,9 @@ class RpcConnection:
             except Exception:
                 log.exception("handler for %s failed", msg.method)
                 reply = wire.error(msg.id, "internal", f"{msg.method} failed on the server; see its log")
+            if len(reply) > MESSAGE_MAX:
+                log.error("answer to %s is %d bytes, over the message limit", msg.method, len(reply))
+                reply = wire.error(msg.id, "internal", f"the answer to {msg.method} is too large to send")
             await self._send_quietly(reply)
         except TransportError:
             pass  # the connection is going down; serve() reports why
@@ -252,77 +262,101 @@ class RpcConnection:
         if pending is not None:
             pending.receive.close()
 
-    async def _next_item(self, pending: _Pending, timeout: float) -> tuple[str, Any]:
+    async def _next_item(self, pending: _Pending) -> tuple[str, Any]:
+        try:
+            return await pending.receive.receive()
+        except trio.EndOfChannel:
+            raise ConnectionClosed(self._close_reason or "connection closed before the answer") from None
+
+    @asynccontextmanager
+    async def _step(self, timeout: float, what: str) -> AsyncIterator[None]:
+        """Bound one step of a call (waiting for a slot, sending, waiting for an answer)."""
         with trio.move_on_after(timeout) as scope:
-            try:
-                return await pending.receive.receive()
-            except trio.EndOfChannel:
-                raise ConnectionClosed(self._close_reason or "connection closed before the answer") from None
-        assert scope.cancelled_caught
-        raise RequestTimeout(f"no answer within {timeout:g} s")
+            yield
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"{what}: no progress within {timeout:g} s")
 
     async def call(self, method: str, args: dict | None = None, timeout: float = REQUEST_TIMEOUT) -> Any:
-        """Send a request and wait for its result; RemoteError if the remote refused it."""
-        async with self._call_slots:
-            call_id, pending = self._open_call(1)
-            try:
-                await self._send(wire.request(call_id, method, args or {}))
-                kind, value = await self._next_item(pending, timeout)
-            finally:
-                self._close_call(call_id)
-        if kind == "error":
-            raise value
-        if kind != "result":
-            raise ProtocolError(f"{method} answered with an unexpected stream")
-        return value
+        """Send a request and wait for its result; RemoteError if the remote refused it.
+
+        `timeout` bounds the whole call: waiting for a free slot, sending, and the answer.
+        """
+        async with self._step(timeout, method):
+            async with self._call_slots:
+                call_id, pending = self._open_call(1)
+                try:
+                    await self._send(wire.request(call_id, method, args or {}))
+                    kind, value = await self._next_item(pending)
+                finally:
+                    self._close_call(call_id)
+        return self._final(method, kind, value)
 
     async def call_upload(
         self, method: str, args: dict, pieces: Iterable[bytes | memoryview], timeout: float = REQUEST_TIMEOUT
     ) -> Any:
         """Send a request followed by a stream of pieces; wait for the result.
 
-        An early refusal (e.g. over quota) stops the upload at once.
+        `timeout` bounds each step (the request, each piece, the answer), so a
+        large healthy upload never times out while a stalled one does. An
+        early refusal (e.g. over quota) stops the upload at once.
         """
-        async with self._call_slots:
+        async with self._step(timeout, method):
+            await self._call_slots.acquire()
+        try:
             call_id, pending = self._open_call(1)
             try:
-                await self._send(wire.request(call_id, method, args))
+                async with self._step(timeout, method):
+                    await self._send(wire.request(call_id, method, args))
                 for piece in pieces:
                     if pending.receive.statistics().current_buffer_used:
                         break  # the remote already answered: stop sending
-                    await self._send(wire.encode([wire.UP_DATA, call_id, bytes(piece)]))
+                    async with self._step(timeout, method):
+                        await self._send(wire.encode([wire.UP_DATA, call_id, bytes(piece)]))
                 else:
-                    await self._send(wire.encode([wire.UP_END, call_id]))
-                kind, value = await self._next_item(pending, timeout)
+                    async with self._step(timeout, method):
+                        await self._send(wire.encode([wire.UP_END, call_id]))
+                async with self._step(timeout, method):
+                    kind, value = await self._next_item(pending)
             finally:
                 self._close_call(call_id)
-        if kind == "error":
-            raise value
-        if kind != "result":
-            raise ProtocolError(f"{method} answered with an unexpected stream")
-        return value
+        finally:
+            self._call_slots.release()
+        return self._final(method, kind, value)
 
     async def call_download(
         self, method: str, args: dict, on_piece: Callable[[bytes], Any], timeout: float = REQUEST_TIMEOUT
     ) -> Any:
         """Send a request, hand each streamed piece to `on_piece`, return the final result.
 
-        `timeout` bounds the wait for each piece, not the whole transfer, so a
-        large healthy download never times out while a stalled one does.
+        `timeout` bounds each step (the request, the gap before each piece),
+        not the whole transfer, so a large healthy download never times out
+        while a stalled one does.
         """
-        async with self._call_slots:
+        async with self._step(timeout, method):
+            await self._call_slots.acquire()
+        try:
             call_id, pending = self._open_call(_STREAM_BUFFER)
             try:
-                await self._send(wire.request(call_id, method, args))
+                async with self._step(timeout, method):
+                    await self._send(wire.request(call_id, method, args))
                 while True:
-                    kind, value = await self._next_item(pending, timeout)
+                    async with self._step(timeout, method):
+                        kind, value = await self._next_item(pending)
                     if kind != "data":
                         break
                     on_piece(value)
             finally:
                 self._close_call(call_id)
+        finally:
+            self._call_slots.release()
+        return self._final(method, kind, value)
+
+    @staticmethod
+    def _final(method: str, kind: str, value: Any) -> Any:
         if kind == "error":
             raise value
+        if kind != "result":
+            raise ProtocolError(f"{method} answered with an unexpected stream")
         return value
 
 

@@ -58,7 +58,7 @@ async def serve_rpc(
         nonlocal active
         try:
             peer = stream.socket.getpeername()
-            address = f"{peer[0]}:{peer[1]}"
+            address = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
         except OSError:
             address = "?"
         if active >= CONNECTIONS_MAX:

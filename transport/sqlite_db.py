@@ -36,10 +36,11 @@ class Database:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 out = fn(self.conn)
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
             return out
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:

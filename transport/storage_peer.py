@@ -18,6 +18,7 @@ import trio
 from cryptree.slot import MAX_SLOT_PAYLOAD, SignedSlot
 
 from .args import get_bytes, get_int
+from .coordinator_client import CoordinatorClient
 from .errors import RemoteError, TransportError
 from .fragment_store import FragmentStore
 from .keys import load_or_create_key
@@ -149,29 +150,24 @@ class PeerConfig:
 
 
 async def _coordinator_loop(cfg: PeerConfig, peer: StoragePeer, key: bytes, address: str) -> None:
-    """Register, then heartbeat forever; on any failure wait and start over."""
+    """Register, then heartbeat forever; on any failure wait and start over.
+
+    The interval the coordinator answers with wins over ours: a peer that
+    beats more slowly than the coordinator expects would look dead.
+    """
     backoff = 1.0
     async with open_pool(key) as pool:
+        coordinator = CoordinatorClient.from_pool(pool, cfg.coordinator)
         while True:
             try:
-                conn = await pool.get(cfg.coordinator)
                 use = peer.store.usage(b"")
-                await conn.call(
-                    "register",
-                    {
-                        "address": address,
-                        "capacity": cfg.capacity,
-                        "free": use.free,
-                        "heartbeat_interval": cfg.heartbeat_interval,
-                    },
-                    timeout=10,
-                )
+                interval = await coordinator.register(address, cfg.capacity, use.free, cfg.heartbeat_interval)
                 log.info("registered with coordinator %s as %s", cfg.coordinator, address)
                 backoff = 1.0
                 while True:
-                    await trio.sleep(cfg.heartbeat_interval)
+                    await trio.sleep(interval)
                     use = peer.store.usage(b"")
-                    await conn.call("heartbeat", {"free": use.free, "used": use.used}, timeout=10)
+                    interval = await coordinator.heartbeat(use.free, use.used)
             except TransportError as exc:
                 log.warning("coordinator %s: %s; retrying in %.0f s", cfg.coordinator, exc, backoff)
                 await pool.forget(cfg.coordinator)

@@ -15,8 +15,10 @@ without their id spaces colliding.
 
 The decoder is the first code that touches bytes from a stranger: it
 accepts only plain CBOR data (ints, byte and text strings, arrays, maps with
-text keys, bools, null, floats), bounded in depth and size, and turns
-everything else into ProtocolError.
+text keys, bools, null, floats), bounded in depth and size, with no shared
+references, and turns everything else into ProtocolError. Tags that cbor2
+resolves itself (datetimes, sets, shared references…) decode to values that
+this check refuses.
 """
 
 from __future__ import annotations
@@ -53,21 +55,32 @@ def _reject_tag(decoder: Any, tag: Any) -> Any:
     raise ProtocolError(f"CBOR tag {tag.tag} is not allowed")
 
 
-def _check_plain(value: Any, depth: int = 0) -> None:
-    """Only plain data may cross the wire; shared references or cycles exceed the depth bound."""
+def _check_plain(value: Any, depth: int = 0, seen: set[int] | None = None) -> None:
+    """Only plain data may cross the wire.
+
+    cbor2 resolves shared-reference tags (28/29) itself, without calling the
+    tag hook, so a few hundred bytes can describe a structure that is
+    exponentially large to walk. Every container must therefore appear once:
+    a second sighting (shared or cyclic reference) is refused, keeping this
+    walk linear in the message size.
+    """
     if depth > MAX_DEPTH:
         raise ProtocolError("message nests too deeply")
     if value is None or isinstance(value, (bool, int, float, bytes, str)):
         return
-    if isinstance(value, list):
-        for item in value:
-            _check_plain(item, depth + 1)
-        return
-    if isinstance(value, dict):
+    if isinstance(value, (list, dict)):
+        seen = set() if seen is None else seen
+        if id(value) in seen:
+            raise ProtocolError("shared references are not allowed")
+        seen.add(id(value))
+        if isinstance(value, list):
+            for item in value:
+                _check_plain(item, depth + 1, seen)
+            return
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ProtocolError("map keys must be text")
-            _check_plain(item, depth + 1)
+            _check_plain(item, depth + 1, seen)
         return
     raise ProtocolError(f"value of type {type(value).__name__} is not allowed")
 
@@ -114,16 +127,15 @@ def decode(buf: bytes | bytearray | memoryview) -> Message:
         raise ProtocolError(f"unknown message kind {kind}")
     if len(obj) != shape:
         raise ProtocolError(f"message kind {kind} has {len(obj)} fields, expected {shape}")
+    _check_plain(obj)
     if kind == REQUEST:
         method, args = obj[2], obj[3]
         if not isinstance(method, str) or not 0 < len(method) <= MAX_NAME:
             raise ProtocolError("method must be a short text")
         if not isinstance(args, dict):
             raise ProtocolError("request arguments must be a map")
-        _check_plain(args)
         return Message(kind, id_, method=method, args=args)
     if kind == RESULT:
-        _check_plain(obj[2])
         return Message(kind, id_, args=obj[2])
     if kind == ERROR:
         code, text = obj[2], obj[3]

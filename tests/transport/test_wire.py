@@ -88,3 +88,26 @@ def test_peer_id_parse_refuses_junk_cleanly(text: str) -> None:
     except ValueError:
         return
     assert len(key) == 32
+
+
+def test_shared_reference_bomb_is_refused_quickly() -> None:
+    """Shared-reference tags (28/29) could describe an exponentially large walk in a few bytes."""
+    import time
+
+    # 40 shareable arrays (tag 28), each referring twice (tag 29) to the previous one
+    parts = [b"\xd8\x1c\x81\x01"]
+    for i in range(1, 40):
+        ref = b"\xd8\x1d" + cbor2.dumps(i - 1)
+        parts.append(b"\xd8\x1c\x82" + ref + ref)
+    # nest them: array of all, so earlier ones are defined before use
+    msg = b"\x84\x00\x01\x61m\xa1\x61k" + b"\x98" + bytes([len(parts)]) + b"".join(parts)
+    decoded = cbor2.loads(msg)  # cbor2 itself accepts it: the check must be ours
+    assert decoded[3]["k"][39][0] is decoded[3]["k"][39][1]
+    start = time.monotonic()
+    try:
+        wire.decode(msg)
+    except ProtocolError:
+        pass
+    else:
+        raise AssertionError("a shared-reference structure was accepted")
+    assert time.monotonic() - start < 1.0
