@@ -32,6 +32,7 @@ LABEL_ROOT_WRITE = b"pluto/v1/root/writer-seed"
 LABEL_ROOT_READ = b"pluto/v1/root/read-key"
 LABEL_CHUNK_MAC = b"pluto/v1/chunk/mac-key"
 LABEL_CHUNKER_SEED = b"pluto/v1/chunk/cdc-seed"
+LABEL_PACK = b"pluto/v1/pack/key"
 
 
 @lru_cache(maxsize=1)
@@ -110,6 +111,7 @@ class UserKeys:
     root: WriteCap = field(repr=False)  # write capability of the user's root directory
     chunk_mac_key: bytes = field(repr=False)  # keyed-BLAKE3 key for chunk ids and chunk keys
     chunker_seed: int = field(repr=False)  # per-user FastCDC gear seed (see chunks.py)
+    pack_key: bytes = field(repr=False)  # derives each pack record's write key (see packrecord.py)
 
     @classmethod
     def from_seed(cls, seed: bytes) -> UserKeys:
@@ -124,6 +126,7 @@ class UserKeys:
             root=root,
             chunk_mac_key=derive_subkey(seed, LABEL_CHUNK_MAC),
             chunker_seed=cdc_seed or 1,
+            pack_key=derive_subkey(seed, LABEL_PACK),
         )
 
     @classmethod

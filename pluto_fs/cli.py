@@ -16,6 +16,9 @@ from pathlib import Path
 import trio
 
 from transport.dial import parse_address
+from transport.errors import TransportError
+
+from .errors import HomeError, PlutoError
 
 from .units import format_size, parse_size
 
@@ -153,7 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR", help="directory for the coordinator's state")
     p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS", help="expected peer heartbeat interval")
     p.set_defaults(func=cmd_coordinator)
+
+    from .cli_volume import add_commands
+
+    add_commands(sub, _address, "state directory (default: $PLUTO_HOME or ~/.pluto)")
     return parser
+
+
+def _single_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The one real error inside nested task groups, so it gets its one-line message."""
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup) -> None:
+        for exc in g.exceptions:
+            walk(exc) if isinstance(exc, BaseExceptionGroup) else leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if leaves else group
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,10 +184,22 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        except BaseExceptionGroup as group:
+            raise _single_leaf(group) from None
     except UsageError as exc:
         print(f"pluto: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except HomeError as exc:
+        print(f"pluto: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PlutoError as exc:
+        print(f"pluto: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except TransportError as exc:
+        print(f"pluto: network error: {exc}; check that the coordinator and peers are running", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except OSError as exc:

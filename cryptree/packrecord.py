@@ -1,0 +1,101 @@
+"""Pack records and chunk locators: where a sealed chunk lives, as cryptree data.
+
+A pack (a batch of sealed chunks, erasure-coded into fragments) is described
+by a small *pack record*: its layout (k, n, segment sizes, fragment ids) and
+which peer holds each fragment column. The record is a signed mutable slot of
+its own, so repair can move fragments and re-sign the record without touching
+any file manifest that points into the pack.
+
+A chunk's locator names the pack record (its slot key and read key) and the
+chunk's byte range in the pack. Readers of a shared file get exactly that:
+they can read the record, not rewrite it. The owner re-derives the record's
+write key from a per-user pack key and the pack's random nonce, which the
+locator also carries; nobody else can.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cryptree import _cbor
+from cryptree._slotbox import open_from_slot, seal_into_slot
+from cryptree.caps import ReadCap, WriteCap
+from cryptree.errors import FormatError
+from cryptree.keys import derive_subkey
+from cryptree.slot import SignedSlot
+
+LOCATOR_VERSION = 1
+NONCE_SIZE = 16
+_RECORD_DOMAIN = b"pluto/pack-record/v1"
+_RECORD_VERSION = 1
+_WRITER_LABEL = b"pluto/v1/pack-writer/"
+_READ_LABEL = b"pluto/v1/pack-read"
+MAX_PEERS_PER_PACK = 256
+
+
+def pack_write_cap(pack_key: bytes, nonce: bytes) -> WriteCap:
+    """The write capability of a pack record (owner only: needs the user's pack key)."""
+    _cbor.expect_bytes(nonce, "pack nonce", size=NONCE_SIZE)
+    seed = derive_subkey(pack_key, _WRITER_LABEL + nonce)
+    return WriteCap("file", seed, derive_subkey(seed, _READ_LABEL))
+
+
+@dataclass(frozen=True)
+class Locator:
+    """Where one sealed chunk is: pack record (slot key + read key + nonce) and byte range."""
+
+    nonce: bytes
+    record: ReadCap
+    offset: int
+    length: int
+
+    def encode(self) -> bytes:
+        """The bytes stored in a ChunkRef's locator field."""
+        return _cbor.dumps([LOCATOR_VERSION, self.nonce, self.record.writer, self.record.read_key, self.offset, self.length])
+
+    @classmethod
+    def decode(cls, data: bytes) -> Locator:
+        """Parse a locator; FormatError if it is not one."""
+        fields = _cbor.expect_list(_cbor.loads(data, "chunk locator"), 6, "chunk locator")
+        version, nonce, writer, read_key, offset, length = fields
+        if type(version) is not int or version != LOCATOR_VERSION:
+            raise FormatError(f"chunk locator format {version!r} is not known to this pluto; upgrade pluto")
+        _cbor.expect_bytes(nonce, "pack nonce", size=NONCE_SIZE)
+        record = ReadCap("file", _cbor.expect_bytes(writer, "pack record key", size=32),
+                         _cbor.expect_bytes(read_key, "pack read key", size=32))
+        return cls(nonce, record, _cbor.expect_int(offset, 0, 2**40, "chunk offset"),
+                   _cbor.expect_int(length, 1, 2**32, "chunk length"))
+
+
+@dataclass(frozen=True)
+class PackRecord:
+    """A pack's layout (as PackLayout.to_dict()) and the peer holding each fragment column."""
+
+    layout: dict[str, Any]
+    peers: tuple[bytes, ...]  # peers[i] holds fragment i of every segment
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layout, dict):
+            raise FormatError("pack record layout must be a map")
+        if type(self.peers) is not tuple or not 1 <= len(self.peers) <= MAX_PEERS_PER_PACK:
+            raise FormatError("pack record must name 1 to 256 peers")
+        for peer in self.peers:
+            _cbor.expect_bytes(peer, "pack record peer id", size=32)
+
+
+def seal_pack_record(cap: WriteCap, seq: int, record: PackRecord) -> SignedSlot:
+    """Seal and sign version `seq` of a pack record."""
+    body = _cbor.dumps([_RECORD_VERSION, record.layout, list(record.peers)])
+    return seal_into_slot(cap, seq, body, _RECORD_DOMAIN, "file", "pack record")
+
+
+def open_pack_record(cap: ReadCap | WriteCap, slot: SignedSlot) -> tuple[int, PackRecord]:
+    """Verify and decrypt a pack record slot: (seq, record)."""
+    body = open_from_slot(cap, slot, _RECORD_DOMAIN, "file", "pack record")
+    version, layout, peers = _cbor.expect_list(_cbor.loads(body, "pack record"), 3, "pack record")
+    if type(version) is not int or version != _RECORD_VERSION:
+        raise FormatError(f"pack record format {version!r} is not known to this pluto; upgrade pluto")
+    if not isinstance(peers, list):
+        raise FormatError("pack record peers must be a list")
+    return slot.seq, PackRecord(layout, tuple(peers))

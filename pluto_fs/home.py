@@ -1,0 +1,136 @@
+"""The state directory of one user on one machine (`--home` / PLUTO_HOME).
+
+    identity      the 32-byte seed (mode 0600): everything the user owns derives from it
+    device.key    this device's transport key (its peer id; not derived from the seed)
+    config.json   coordinator address and volume settings
+    cache/        local caches and the upload journal (safe to delete when unmounted)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cryptree.identity import UserKeys
+from transport.dial import parse_address
+from transport.keys import load_or_create_key
+
+from .errors import HomeError
+
+DEFAULT_HOME = Path.home() / ".pluto"
+
+
+def home_path(explicit: str | os.PathLike | None = None) -> Path:
+    """`--home`, else $PLUTO_HOME, else ~/.pluto."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("PLUTO_HOME")
+    return Path(env) if env else DEFAULT_HOME
+
+
+@dataclass
+class Config:
+    """Settings kept in config.json."""
+
+    coordinator: str = ""
+    k: int = 3
+    n: int = 5
+    happy: int = 4  # fragments of each segment that must be placed before data counts as stored
+    slot_replicas: int = 5
+    request_timeout: float = 10.0
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise HomeError on any value that cannot work."""
+        try:
+            parse_address(self.coordinator)
+        except ValueError as exc:
+            raise HomeError(f"config: coordinator {exc}") from None
+        if not (isinstance(self.k, int) and isinstance(self.n, int) and 1 <= self.k <= self.n <= 256):
+            raise HomeError("config: k and n must be whole numbers with 1 <= k <= n <= 256")
+        if not (isinstance(self.happy, int) and self.k <= self.happy <= self.n):
+            raise HomeError("config: happy must be from k to n")
+        if not (isinstance(self.slot_replicas, int) and 1 <= self.slot_replicas <= 64):
+            raise HomeError("config: slot_replicas must be from 1 to 64")
+        if not (isinstance(self.request_timeout, (int, float)) and 0.1 <= self.request_timeout <= 600):
+            raise HomeError("config: request_timeout must be from 0.1 to 600 seconds")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Home:
+    """An opened state directory."""
+
+    path: Path
+
+    @property
+    def identity_path(self) -> Path:
+        """Where the seed lives."""
+        return self.path / "identity"
+
+    @property
+    def cache(self) -> Path:
+        """Cache directory (created on demand)."""
+        d = self.path / "cache"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def exists(self) -> bool:
+        """True if an identity was created or restored here."""
+        return self.identity_path.exists()
+
+    def create(self, seed: bytes, config: Config) -> None:
+        """Write a new identity and config; refuses to overwrite an existing identity."""
+        config.validate()
+        if self.exists():
+            raise HomeError(f"{self.path} already holds an identity; use another --home or remove it first")
+        self.path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        self.save_config(config)
+        _write_private(self.identity_path, seed)
+
+    def save_config(self, config: Config) -> None:
+        """Write config.json atomically."""
+        config.validate()
+        _write_private(self.path / "config.json", json.dumps(asdict(config), indent=2).encode())
+
+    def config(self) -> Config:
+        """Read and validate config.json."""
+        try:
+            raw = json.loads((self.path / "config.json").read_text())
+        except FileNotFoundError:
+            raise HomeError(f"{self.path} has no config.json; run `pluto init` or `pluto restore`") from None
+        except (OSError, ValueError) as exc:
+            raise HomeError(f"{self.path}/config.json is unreadable ({exc}); fix or remove it") from None
+        if not isinstance(raw, dict):
+            raise HomeError(f"{self.path}/config.json must hold a JSON object")
+        known = set(Config.__dataclass_fields__)
+        config = Config(**{k: v for k, v in raw.items() if k in known})
+        config.validate()
+        return config
+
+    def keys(self) -> UserKeys:
+        """The user's keys, derived from the stored seed."""
+        try:
+            seed = self.identity_path.read_bytes()
+        except FileNotFoundError:
+            raise HomeError(f"no identity in {self.path}; run `pluto init` or `pluto restore`") from None
+        if len(seed) != 32:
+            raise HomeError(f"{self.identity_path} is damaged (not 32 bytes); restore from your recovery phrase")
+        return UserKeys.from_seed(seed)
+
+    def device_key(self) -> bytes:
+        """This device's transport private key (created on first use)."""
+        return bytes(load_or_create_key(self.path / "device.key"))

@@ -1,0 +1,214 @@
+"""Packs on the network: upload (place fragments, sign the record) and ranged reads.
+
+Upload: the pack is erasure-coded into n fragment columns; column i of every
+segment goes to the i-th of n distinct peers from the coordinator. A peer
+that fails is replaced by another (excluding every peer already tried);
+the pack counts as stored once at least `happy` columns are placed. Then the
+pack record (layout + which peer holds each column) is signed and replicated.
+
+Read: the record (cached) tells which segments cover the wanted bytes; for
+each segment, fragments are fetched from k peers at once, primaries first,
+and every failure or bad fragment starts a fetch from the next column, until
+k verified fragments are in hand or no column is left ("not enough peers").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from cryptree.errors import CryptreeError
+from cryptree.packrecord import Locator, PackRecord, open_pack_record, pack_write_cap, seal_pack_record
+from transport.errors import TransportError
+
+from .erasure import decode_segment
+from .errors import NotEnoughPeers
+from .network import Network
+from .packs import LayoutError, PackLayout, encode_pack, read_range
+from .slot_replicas import SlotReplicas
+
+log = logging.getLogger(__name__)
+
+PLACEMENT_RETRIES = 3  # replacement peers tried per fragment column
+
+
+@dataclass
+class TransferStats:
+    """Bytes moved to and from peers (for `pluto status` and the benchmarks)."""
+
+    fragment_bytes_sent: int = 0
+    fragment_bytes_received: int = 0
+    packs_uploaded: int = 0
+    chunk_bytes_packed: int = 0
+
+
+class _LRU:
+    """A byte-bounded LRU cache."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key, value, size: int) -> None:
+        if key in self._items:
+            return
+        self._items[key] = (value, size)
+        self.size += size
+        while self.size > self.limit and self._items:
+            _, (_, old) = self._items.popitem(last=False)
+            self.size -= old
+
+
+@dataclass
+class PackStore:
+    """Uploads and reads packs for one user."""
+
+    net: Network
+    slots: SlotReplicas
+    pack_key: bytes
+    k: int = 3
+    n: int = 5
+    happy: int = 4
+    segment_size: int = 1 << 20
+    segment_cache_bytes: int = 64 << 20
+    stats: TransferStats = field(default_factory=TransferStats)
+    _records: dict = field(default_factory=dict)
+    _segments: _LRU = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._segments = _LRU(self.segment_cache_bytes)
+
+    # ---- upload ---------------------------------------------------------------
+
+    async def upload(self, nonce: bytes, data: bytes) -> PackRecord:
+        """Erasure-code `data`, place its fragments and publish its signed record."""
+        layout, fragments = await trio.to_thread.run_sync(encode_pack, data, self.k, self.n, self.segment_size)
+        found = await self.net.find_peers(self.n)
+        if len(found) < self.happy:
+            raise NotEnoughPeers(
+                f"only {len(found)} storage peers are available, {self.happy} needed to store data safely; "
+                "start more peers or wait for them to come back"
+            )
+        tried: set[bytes] = {p.id for p in found}
+        columns: list[bytes | None] = [p.id for p in found] + [None] * (self.n - len(found))
+        placed = [False] * self.n
+
+        async def place_column(i: int) -> None:
+            peer = columns[i]
+            for _ in range(PLACEMENT_RETRIES + 1):
+                if peer is not None:
+                    try:
+                        client = await self.net.client(peer)
+                        for seg in range(len(layout.segments)):
+                            frag = fragments[seg][i]
+                            await client.put_fragment(layout.segments[seg].fragment_ids[i], frag)
+                            self.stats.fragment_bytes_sent += len(frag)
+                        columns[i] = peer
+                        placed[i] = True
+                        return
+                    except (TransportError, NotEnoughPeers) as exc:
+                        log.warning("placing fragment column %d failed: %s; trying another peer", i, exc)
+                spare = await self.net.find_peers(1, exclude=list(tried))
+                if not spare:
+                    return
+                peer = spare[0].id
+                tried.add(peer)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(self.n):
+                nursery.start_soon(place_column, i)
+        if sum(placed) < self.happy:
+            raise NotEnoughPeers(
+                f"stored only {sum(placed)} of {self.n} fragments of a pack ({self.happy} needed); "
+                "check `pluto peers` and try again"
+            )
+        # A column that found no home keeps its last candidate: reads skip it, repair refills it.
+        peers = tuple(c if c is not None else found[0].id for c in columns)
+        record = PackRecord(layout.to_dict(), peers)
+        await self.slots.write(seal_pack_record(pack_write_cap(self.pack_key, nonce), 1, record))
+        self._records[pack_write_cap(self.pack_key, nonce).writer] = (layout, peers)
+        self.stats.packs_uploaded += 1
+        return record
+
+    # ---- read -----------------------------------------------------------------
+
+    async def _record(self, locator: Locator) -> tuple[PackLayout, tuple[bytes, ...]]:
+        key = locator.record.writer
+        cached = self._records.get(key)
+        if cached is not None:
+            return cached
+        slot = await self.slots.read(key)
+        if slot is None:
+            raise NotEnoughPeers("a pack record is missing on every peer asked; the data may be lost")
+        try:
+            _, record = open_pack_record(locator.record, slot)
+            layout = PackLayout.from_dict(record.layout)
+        except (CryptreeError, LayoutError) as exc:
+            raise NotEnoughPeers(f"a pack record is damaged ({exc})") from exc
+        if len(record.peers) != layout.n:
+            raise NotEnoughPeers("a pack record names the wrong number of peers; it is damaged")
+        self._records[key] = (layout, record.peers)
+        return layout, record.peers
+
+    async def read(self, locator: Locator) -> bytes:
+        """The sealed chunk bytes at `locator` (verified fragments, decoded segments)."""
+        layout, peers = await self._record(locator)
+        if locator.offset + locator.length > layout.length:
+            raise NotEnoughPeers("a chunk locator points outside its pack; the file is damaged")
+        parts = []
+        for rng in read_range(layout, locator.offset, locator.length):
+            segment = await self._segment(locator.record.writer, layout, peers, rng.index)
+            parts.append(segment[rng.start : rng.stop])
+        return b"".join(parts)
+
+    async def _segment(self, key: bytes, layout: PackLayout, peers: tuple[bytes, ...], index: int) -> bytes:
+        cached = self._segments.get((key, index))
+        if cached is not None:
+            return cached[0]
+        seg = layout.segments[index]
+        got: dict[int, bytes] = {}
+        errors: list[str] = []
+        columns = iter(range(layout.n))
+
+        async with trio.open_nursery() as nursery:
+
+            def launch_next() -> None:
+                for col in columns:
+                    nursery.start_soon(fetch, col)
+                    return
+
+            async def fetch(col: int) -> None:
+                try:
+                    client = await self.net.client(peers[col])
+                    data = await client.get_fragment(seg.fragment_ids[col], verify=True)
+                    if len(data) != layout.fragment_length(index):
+                        raise TransportError("fragment has the wrong length")
+                except (TransportError, NotEnoughPeers) as exc:
+                    errors.append(f"fragment {col}: {exc}")
+                    launch_next()
+                    return
+                self.stats.fragment_bytes_received += len(data)
+                got[col] = data
+                if len(got) >= layout.k:
+                    nursery.cancel_scope.cancel()
+
+            for _ in range(layout.k):
+                launch_next()
+        if len(got) < layout.k:
+            raise NotEnoughPeers(
+                f"not enough peers: got {len(got)} of the {layout.k} fragments needed "
+                f"({'; '.join(errors[-3:])}); bring peers back or wait for repair"
+            )
+        data = await trio.to_thread.run_sync(decode_segment, got, layout.k, layout.n, seg.length)
+        self._segments.put((key, index), data, len(data))
+        return data

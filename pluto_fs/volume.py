@@ -1,0 +1,274 @@
+"""The volume engine: files and folders of one user, on the network.
+
+Write path: data → FastCDC chunks → sealed (keyed-BLAKE3 id, zstd if it
+helps, AES-256-GCM, padded) → deduplicated against chunks this volume already
+placed → batched into packs → packs uploaded in the background (erasure-coded,
+placed, record signed). Metadata (directory slots) is published only after
+every pack it points into is stored: `save_dir` flushes first, so a reader
+never finds a manifest whose chunks are not on the network yet.
+
+Read path: a file's manifest (inline in its directory entry, or indirect for
+big files) → chunk locators → pack records → verified fragments from any k
+peers → decoded segment → sealed chunk → verified and decrypted plaintext.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from cryptree.caps import ReadCap, WriteCap
+from cryptree.chunks import ChunkerParams, iter_chunks, seal_chunk
+from cryptree.dirnode import DirAttrs, DirEntry, Directory, open_directory, seal_directory
+from cryptree.errors import CryptreeError
+from cryptree.filenode import (
+    INLINE_MAX,
+    ChunkRef,
+    FileContent,
+    FileRef,
+    InlineData,
+    Manifest,
+    decode_manifest,
+    encode_manifest,
+    new_file_key,
+    open_chunk_ref,
+)
+from cryptree.identity import UserKeys
+from cryptree.packrecord import NONCE_SIZE, Locator, pack_write_cap
+from transport.pool import open_pool
+
+from .errors import NotEnoughPeers, PlutoError
+from .home import Home
+from .network import Network
+from .pack_io import PackStore, _LRU
+from .packs import DEFAULT_PACK_SIZE, PackBuilder
+from .slot_replicas import SlotReplicas
+
+log = logging.getLogger(__name__)
+
+MAX_MANIFEST_DEPTH = 3
+PACK_UPLOADS_IN_FLIGHT = 2
+
+
+class DamagedError(PlutoError):
+    """Stored data failed verification everywhere it was found."""
+
+
+@dataclass
+class Volume:
+    """One user's tree. Create with `open_volume` (an async context manager)."""
+
+    keys: UserKeys
+    net: Network
+    slots: SlotReplicas
+    packs: PackStore
+    _nursery: trio.Nursery
+    chunker: ChunkerParams = field(default_factory=ChunkerParams)
+    pack_size: int = DEFAULT_PACK_SIZE
+    _known: dict[bytes, ChunkRef] = field(default_factory=dict)  # chunk id -> placed (or in-flight) ref
+    _builder: PackBuilder | None = None
+    _nonce: bytes = b""
+    _in_flight: int = 0
+    _idle: trio.Event = field(default_factory=trio.Event)
+    _upload_errors: list[BaseException] = field(default_factory=list)
+    _upload_slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(PACK_UPLOADS_IN_FLIGHT))
+    _chunk_cache: _LRU = field(default_factory=lambda: _LRU(64 << 20))
+
+    def __post_init__(self) -> None:
+        self.chunker = ChunkerParams(seed=self.keys.chunker_seed)
+        self._idle.set()
+
+    # ---- chunks and packs -------------------------------------------------------
+
+    async def add_chunk(self, plaintext: bytes | memoryview) -> ChunkRef:
+        """Seal one chunk and queue it for upload (or reuse an identical one already placed)."""
+        sealed = await trio.to_thread.run_sync(seal_chunk, self.keys.chunk_mac_key, plaintext)
+        known = self._known.get(sealed.chunk_id)
+        if known is not None:
+            return known
+        if self._builder is None or not self._builder.fits(len(sealed.sealed)):
+            await self._ship_pack()
+            self._builder = PackBuilder(self.pack_size)
+            self._nonce = os.urandom(NONCE_SIZE)
+        offset, length = self._builder.add(sealed.chunk_id, sealed.sealed)
+        record = pack_write_cap(self.keys.pack_key, self._nonce).read_cap()
+        ref = ChunkRef.from_sealed(sealed, Locator(self._nonce, record, offset, length).encode())
+        self._known[sealed.chunk_id] = ref
+        self.packs.stats.chunk_bytes_packed += length
+        return ref
+
+    async def _ship_pack(self) -> None:
+        """Finish the current pack and start uploading it in the background."""
+        if self._builder is None or self._builder.count == 0:
+            return
+        pack, nonce = self._builder.finish(), self._nonce
+        self._builder = None
+        await self._upload_slots.acquire()  # backpressure: at most N packs in memory in flight
+        self._in_flight += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._nursery.start_soon(self._upload, nonce, pack.data)
+
+    async def _upload(self, nonce: bytes, data: bytes) -> None:
+        try:
+            await self.packs.upload(nonce, data)
+        except (PlutoError, CryptreeError) as exc:
+            self._upload_errors.append(exc)
+        finally:
+            self._upload_slots.release()
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def flush(self) -> None:
+        """Upload everything queued and wait until it is stored; re-raise any upload failure."""
+        await self._ship_pack()
+        await self._idle.wait()
+        if self._upload_errors:
+            errors, self._upload_errors = self._upload_errors, []
+            self._known.clear()  # refs into a pack that failed must not be reused by dedup
+            raise errors[0]
+
+    # ---- files ------------------------------------------------------------------
+
+    async def store(self, data: bytes | memoryview, previous: Manifest | None = None) -> FileContent:
+        """Store file bytes; tiny files inline, others as sealed chunks in packs.
+
+        `previous` (the file's old manifest) seeds deduplication, so an edit
+        re-uploads only the chunks it changed even after a restart.
+        """
+        if previous is not None:
+            for ref in previous.chunks:
+                self._known.setdefault(ref.chunk_id, ref)
+        if len(data) <= INLINE_MAX:
+            return InlineData(bytes(data))
+        refs = [await self.add_chunk(chunk) for _, chunk in iter_chunks(data, self.chunker)]
+        return await self._file_ref(Manifest.of(refs))
+
+    async def _file_ref(self, manifest: Manifest, depth: int = 0) -> FileRef:
+        key = new_file_key()
+        try:
+            return FileRef.seal(key, manifest)
+        except CryptreeError:
+            if depth >= MAX_MANIFEST_DEPTH:
+                raise PlutoError("file is too large for this pluto (manifest nesting exceeded)") from None
+        inner = encode_manifest(manifest)
+        refs = [await self.add_chunk(chunk) for _, chunk in iter_chunks(inner, self.chunker)]
+        outer = Manifest(manifest.size, tuple(refs), indirect=True)
+        return await self._file_ref(outer, depth + 1)
+
+    async def manifest(self, content: FileRef, size: int | None = None) -> Manifest:
+        """The direct manifest of a file (indirect levels resolved)."""
+        try:
+            manifest = content.open(size)
+            for _ in range(MAX_MANIFEST_DEPTH + 1):
+                if not manifest.indirect:
+                    return manifest
+                inner = b"".join([await self._chunk(ref) for ref in manifest.chunks])
+                manifest = decode_manifest(inner)
+        except CryptreeError as exc:
+            raise DamagedError(f"a file manifest is damaged ({exc})") from exc
+        raise DamagedError("a file manifest nests too deeply; it is damaged")
+
+    async def _chunk(self, ref: ChunkRef) -> bytes:
+        cached = self._chunk_cache.get(ref.sealed_hash)
+        if cached is not None:
+            return cached[0]
+        try:
+            locator = Locator.decode(ref.locator)
+        except CryptreeError as exc:
+            raise DamagedError(f"a chunk locator is damaged ({exc})") from exc
+        sealed = await self.packs.read(locator)
+        try:
+            plain = await trio.to_thread.run_sync(open_chunk_ref, ref, sealed)
+        except CryptreeError as exc:
+            raise DamagedError(f"a chunk failed verification ({exc})") from exc
+        self._chunk_cache.put(ref.sealed_hash, plain, len(plain))
+        return plain
+
+    async def read(self, content: FileContent, offset: int, size: int, file_size: int | None = None) -> bytes:
+        """`size` bytes of a file from `offset` (fewer at its end)."""
+        if isinstance(content, InlineData):
+            return content.data[offset : offset + size]
+        manifest = await self.manifest(content, file_size)
+        out = []
+        pos = 0
+        end = offset + size
+        for ref in manifest.chunks:
+            nxt = pos + ref.length
+            if nxt > offset and pos < end:
+                plain = await self._chunk(ref)
+                out.append(plain[max(0, offset - pos) : min(ref.length, end - pos)])
+            if nxt >= end:
+                break
+            pos = nxt
+        return b"".join(out)
+
+    async def read_all(self, content: FileContent, size: int | None = None) -> bytes:
+        """A whole file's bytes."""
+        if isinstance(content, InlineData):
+            return content.data
+        manifest = await self.manifest(content, size)
+        return b"".join([await self._chunk(ref) for ref in manifest.chunks])
+
+    # ---- directories ------------------------------------------------------------
+
+    async def load_dir(self, cap: ReadCap | WriteCap, missing_ok: bool = False) -> Directory:
+        """A directory's verified entries; an absent slot is an empty directory only if `missing_ok`."""
+        slot = await self.slots.read(cap.writer)
+        if slot is None:
+            if missing_ok:
+                return Directory(0, None, ())
+            raise NotEnoughPeers("a folder's data is missing on every peer asked; it may be lost")
+        try:
+            return open_directory(cap, slot)
+        except CryptreeError as exc:
+            raise DamagedError(f"a folder failed verification on the newest copy found ({exc})") from exc
+
+    async def save_dir(
+        self, cap: WriteCap, entries: list[DirEntry] | tuple[DirEntry, ...], attrs: DirAttrs | None, prev_seq: int
+    ) -> Directory:
+        """Publish a new version of a directory, after everything it points to is stored."""
+        await self.flush()
+        slot = seal_directory(cap, prev_seq + 1, entries, attrs)
+        await self.slots.write(slot)
+        return Directory(slot.seq, attrs, tuple(sorted(entries, key=lambda e: e.name)))
+
+    async def update_dir(
+        self, cap: WriteCap, change: Callable[[dict[str, DirEntry]], DirAttrs | None], missing_ok: bool = False
+    ) -> Directory:
+        """Read-modify-write a directory: `change` edits the name→entry map in place."""
+        current = await self.load_dir(cap, missing_ok=missing_ok)
+        entries = current.by_name()
+        attrs = change(entries)
+        return await self.save_dir(cap, list(entries.values()), attrs or current.attrs, current.seq)
+
+
+@asynccontextmanager
+async def open_volume(home: Home, coordinator: str | None = None) -> AsyncIterator[Volume]:
+    """Open the user's volume: connect to the coordinator, ready to read and write.
+
+    Uploads still queued when the block ends are flushed first; the block's
+    own exception, if any, wins.
+    """
+    config = home.config()
+    keys = home.keys()
+    async with open_pool(home.device_key()) as pool:
+        net = Network(pool, coordinator or config.coordinator, timeout=config.request_timeout)
+        slots = SlotReplicas(net, config.slot_replicas)
+        packs = PackStore(net, slots, keys.pack_key, config.k, config.n, config.happy)
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            volume = Volume(keys, net, slots, packs, nursery)
+            try:
+                yield volume
+                await volume.flush()
+            except Exception as exc:
+                error = exc
+            nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
