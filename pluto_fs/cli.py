@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_volume import add_commands
 
     add_commands(sub, _address, "state directory (default: $PLUTO_HOME or ~/.pluto)")
+    from .cli_mount import add_commands as add_mount_commands
+
+    add_mount_commands(sub, _address, "state directory (default: $PLUTO_HOME or ~/.pluto)")
     return parser
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from cryptree.caps import ReadCap, WriteCap
-from cryptree.chunks import ChunkerParams, iter_chunks, seal_chunk
+from cryptree.chunks import ChunkerParams, StreamChunker, chunk_id, iter_chunks, seal_chunk
 from cryptree.dirnode import DirAttrs, DirEntry, Directory, open_directory, seal_directory
 from cryptree.errors import CryptreeError
 from cryptree.filenode import (
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MAX_MANIFEST_DEPTH = 3
 PACK_UPLOADS_IN_FLIGHT = 2
+READ_PIECE = 8 << 20  # bytes read from a local file per step when storing it
 
 
 class DamagedError(PlutoError):
@@ -87,10 +88,12 @@ class Volume:
 
     async def add_chunk(self, plaintext: bytes | memoryview) -> ChunkRef:
         """Seal one chunk and queue it for upload (or reuse an identical one already placed)."""
-        sealed = await trio.to_thread.run_sync(seal_chunk, self.keys.chunk_mac_key, plaintext)
-        known = self._known.get(sealed.chunk_id)
+        # The id alone (one keyed hash) decides dedup; sealing costs compression and
+        # encryption on top, so only new chunks pay for it.
+        known = self._known.get(chunk_id(self.keys.chunk_mac_key, plaintext))
         if known is not None:
             return known
+        sealed = await trio.to_thread.run_sync(seal_chunk, self.keys.chunk_mac_key, plaintext)
         if self._builder is None or not self._builder.fits(len(sealed.sealed)):
             await self._ship_pack()
             self._builder = PackBuilder(self.pack_size)
@@ -148,6 +151,34 @@ class Volume:
             return InlineData(bytes(data))
         refs = [await self.add_chunk(chunk) for _, chunk in iter_chunks(data, self.chunker)]
         return await self._file_ref(Manifest.of(refs))
+
+    async def store_file(self, path: str | os.PathLike, previous: Manifest | None = None) -> tuple[FileContent, int]:
+        """Store a local file's bytes, streamed in pieces (memory stays bounded for any size).
+
+        Returns the content and the number of bytes stored.
+        """
+        if previous is not None:
+            for ref in previous.chunks:
+                self._known.setdefault(ref.chunk_id, ref)
+        chunker = StreamChunker(self.chunker)
+        refs: list[ChunkRef] = []
+        size = 0
+        head = b""
+        with open(path, "rb") as f:
+            while True:
+                piece = await trio.to_thread.run_sync(f.read, READ_PIECE)
+                if not piece:
+                    break
+                if size < INLINE_MAX + 1:
+                    head += piece[: INLINE_MAX + 1]
+                size += len(piece)
+                for _, chunk in chunker.feed(piece):
+                    refs.append(await self.add_chunk(chunk))
+        if size <= INLINE_MAX:
+            return InlineData(head[:size]), size
+        for _, chunk in chunker.finish():
+            refs.append(await self.add_chunk(chunk))
+        return await self._file_ref(Manifest.of(refs)), size
 
     async def _file_ref(self, manifest: Manifest, depth: int = 0) -> FileRef:
         key = new_file_key()

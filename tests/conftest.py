@@ -17,3 +17,15 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     trio.run(functools.partial(fn, **args))
     return True
+
+
+@pytest.fixture(scope="session")
+def pluto_mount(tmp_path_factory: pytest.TempPathFactory):
+    """One real mount (5 peer processes + a `pluto mount -f` process) shared by a session's POSIX suites."""
+    from pluto_fs.testing import start_mounted_volume
+
+    vol = start_mounted_volume(tmp_path_factory.mktemp("mount"))
+    try:
+        yield vol
+    finally:
+        vol.close()

@@ -1,0 +1,293 @@
+"""`pluto mount`, `unmount`, `status`, `peers`, `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from .errors import HomeError, PlutoError
+from .home import Config, Home, home_path
+from .mount import MountOptions, pid_file, run_mount
+from .units import format_size
+
+
+def _is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1].replace("\\040", " ") == target for line in f)
+
+
+def _check_mountpoint(path: Path) -> None:
+    if not path.is_dir():
+        raise HomeError(f"mountpoint {path} is not a directory; create it first (mkdir -p {path})")
+    if _is_mounted(path):
+        raise HomeError(f"{path} is already mounted; run `pluto unmount {path}` first")
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    """Mount the volume (in the background unless -f)."""
+    home = Home(home_path(args.home))
+    home.config()  # a clear error now rather than from the background process
+    mountpoint = Path(args.mountpoint).resolve()
+    _check_mountpoint(mountpoint)
+    if not args.foreground:
+        argv = [sys.executable, "-m", "pluto_fs.cli", "--log-level", args.log_level, "mount", "-f",
+                str(mountpoint), "--home", str(home.path), "--timeout", str(args.timeout)]
+        if args.coordinator:
+            argv += ["--coordinator", args.coordinator]
+        if args.allow_other:
+            argv.append("--allow-other")
+        log_path = home.cache / "mount.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if _is_mounted(mountpoint):
+                print(f"mounted your pluto volume on {mountpoint} (log: {log_path})")
+                return 0
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no log"]
+                raise PlutoError(f"mount failed: {tail[0]}")
+            time.sleep(0.1)
+        proc.terminate()
+        raise PlutoError(f"mount did not come up within 60 s; see {log_path}")
+    opts = MountOptions(mountpoint, allow_other=args.allow_other, op_timeout=args.timeout)
+    trio.run(run_mount, home, opts, args.coordinator)
+    return 0
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    """Upload what is pending, then unmount."""
+    mountpoint = Path(args.mountpoint).resolve()
+    home = Home(home_path(args.home))
+    info = _status_file(home)
+    if info and Path(info.get("mountpoint", "")) == mountpoint and _alive(info.get("pid", 0)):
+        pid = info["pid"]
+        os.kill(pid, signal.SIGTERM)
+        print(f"unmounting {mountpoint}: uploading what is still pending…", file=sys.stderr)
+        deadline = time.monotonic() + args.wait
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            raise PlutoError(f"the mount process {pid} is still uploading after {args.wait:g} s; "
+                             "it will finish on its own (or run `pluto unmount` again)")
+        return 0
+    if not _is_mounted(mountpoint):
+        raise HomeError(f"{mountpoint} is not mounted")
+    res = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise PlutoError(f"fusermount3 could not unmount {mountpoint}: {res.stderr.strip()}")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return pid > 0
+
+
+def _status_file(home: Home) -> dict | None:
+    try:
+        return json.loads(pid_file(home).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    frac = 1.0 if total <= 0 else min(1.0, done / total)
+    full = int(frac * width)
+    return "[" + "#" * full + "-" * (width - full) + f"] {frac * 100:3.0f}%"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What is uploading, which peers are healthy, what is at risk."""
+    home = Home(home_path(args.home))
+    config = home.config()
+    info = _status_file(home)
+    mount_alive = bool(info) and _alive(info.get("pid", 0))
+
+    async def peers() -> list:
+        from transport.coordinator_client import CoordinatorClient
+        from transport.pool import open_pool
+
+        async with open_pool(home.device_key()) as pool:
+            return await CoordinatorClient.from_pool(pool, config.coordinator).list_peers()
+
+    try:
+        records = trio.run(peers)
+        peer_error = None
+    except Exception as exc:  # the status must show even with the coordinator down
+        records, peer_error = [], str(exc)
+    alive = [p for p in records if p.alive]
+    status = {
+        "mounted": mount_alive,
+        "mountpoint": info.get("mountpoint") if mount_alive else None,
+        "pending_files": info.get("pending_files", 0) if mount_alive else 0,
+        "pending_bytes": info.get("pending_bytes", 0) if mount_alive else 0,
+        "pending_folders": info.get("pending_folders", 0) if mount_alive else 0,
+        "uploaded_bytes": info.get("uploaded_bytes", 0) if mount_alive else 0,
+        "peers_total": len(records),
+        "peers_alive": len(alive),
+        "k": config.k,
+        "n": config.n,
+        "coordinator_error": peer_error,
+        "peers": [{"id": p.id.hex(), "address": p.address, "alive": p.alive, "uptime": p.uptime,
+                   "reputation": p.reputation, "free": p.free} for p in records],
+    }
+    lost_tolerance = config.n - config.k
+    down = len(records) - len(alive)
+    status["at_risk"] = down > 0
+    status["risk"] = (
+        "unreadable: fewer peers than k are up" if len(alive) < config.k
+        else f"{down} peer(s) down: data stays readable while at most {lost_tolerance} of each pack's {config.n} are lost"
+        if down else "none"
+    )
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    if mount_alive:
+        print(f"mounted on {status['mountpoint']}")
+        pend = status["pending_bytes"]
+        sent = status["uploaded_bytes"]
+        print(f"uploading: {status['pending_files']} files ({format_size(pend)}), "
+              f"{status['pending_folders']} folders waiting  {_bar(sent, sent + pend)}")
+    else:
+        print("not mounted (nothing uploading)")
+    if peer_error:
+        print(f"coordinator unreachable: {peer_error}")
+    else:
+        print(f"peers: {len(alive)} of {len(records)} healthy (data needs {config.k} of {config.n} per pack)")
+        for p in records:
+            state = "up  " if p.alive else "DOWN"
+            print(f"  {state} {p.address:<22} uptime {p.uptime * 100:5.1f}%  reputation {p.reputation:.2f}  "
+                  f"free {format_size(p.free)}")
+    print(f"at risk: {status['risk']}")
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    """List storage peers known to the coordinator."""
+    home = Home(home_path(args.home))
+    config = home.config()
+
+    async def run() -> list:
+        from transport.coordinator_client import CoordinatorClient
+        from transport.pool import open_pool
+
+        async with open_pool(home.device_key()) as pool:
+            return await CoordinatorClient.from_pool(pool, config.coordinator).list_peers()
+
+    records = trio.run(run)
+    if args.json:
+        print(json.dumps([{"id": p.id.hex(), "address": p.address, "alive": p.alive, "capacity": p.capacity,
+                           "free": p.free, "uptime": p.uptime, "reputation": p.reputation,
+                           "audits_ok": p.audits_ok, "audits_failed": p.audits_failed} for p in records], indent=2))
+        return 0
+    print(f"{'address':<22} {'state':<6} {'capacity':>10} {'free':>10} {'uptime':>7} {'rep':>5}  audits ok/failed")
+    for p in records:
+        print(f"{p.address:<22} {'up' if p.alive else 'DOWN':<6} {format_size(p.capacity):>10} {format_size(p.free):>10} "
+              f"{p.uptime * 100:6.1f}% {p.reputation:5.2f}  {p.audits_ok}/{p.audits_failed}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A coordinator, N peers and a mount on loopback, in the foreground."""
+    from cryptree.identity import new_seed, seed_to_phrase
+
+    from .localgrid import GridError, LocalGrid
+
+    state = Path(args.state).resolve()
+    mountpoint = Path(args.mountpoint).resolve()
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    _check_mountpoint(mountpoint)
+    if not 1 <= args.peers <= 32:
+        raise HomeError("--peers must be from 1 to 32")
+    grid = LocalGrid(state / "grid", peers=args.peers, capacity=args.capacity, heartbeat=2.0, log_level="warning")
+    try:
+        grid.start()
+    except GridError as exc:
+        grid.stop()
+        raise PlutoError(str(exc)) from None
+    try:
+        home = Home(state / "home")
+        k, n = min(3, args.peers), min(5, args.peers)
+        if not home.exists():
+            seed = new_seed()
+            home.create(seed, Config(coordinator=grid.coordinator.address, k=k, n=n, happy=min(n, k + 1)))
+            print("created a new identity; its recovery phrase (shown once):")
+            print("  " + seed_to_phrase(seed))
+        else:
+            config = home.config()
+            config.coordinator = grid.coordinator.address
+            home.save_config(config)
+        print(f"coordinator {grid.coordinator.address}, {args.peers} storage peers, state in {state}")
+        print(f"mounting on {mountpoint} — Ctrl-C unmounts and stops everything")
+        sys.stdout.flush()
+        opts = MountOptions(mountpoint, allow_other=args.allow_other, op_timeout=args.timeout)
+
+        async def main() -> None:
+            await _wait_for_peers(home, min(args.peers, n))
+            await run_mount(home, opts)
+
+        trio.run(main)
+        print("unmounted; stopping the grid")
+    finally:
+        grid.stop()
+    return 0
+
+
+async def _wait_for_peers(home: Home, want: int) -> None:
+    from transport.coordinator_client import CoordinatorClient
+    from transport.pool import open_pool
+
+    config = home.config()
+    async with open_pool(home.device_key()) as pool:
+        coordinator = CoordinatorClient.from_pool(pool, config.coordinator)
+        with trio.move_on_after(30):
+            while len(await coordinator.find_peers(want)) < want:
+                await trio.sleep(0.2)
+
+
+def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: str) -> None:
+    """Register the mount commands on the main parser."""
+    p = sub.add_parser("mount", help="mount your pluto volume as a drive")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--home", metavar="DIR", help=home_help)
+    p.add_argument("--coordinator", type=coordinator_type, metavar="HOST:PORT", help="override the configured one")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("--allow-other", action="store_true", help="let other local users use the mount")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="longest a file operation waits for the network before failing with EIO/ETIMEDOUT")
+    p.set_defaults(func=cmd_mount)
+    p = sub.add_parser("unmount", help="upload what is pending and unmount")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--home", metavar="DIR", help=home_help)
+    p.add_argument("--wait", type=float, default=600.0, metavar="SECONDS", help="longest to wait for uploads")
+    p.set_defaults(func=cmd_unmount)
+    p = sub.add_parser("status", help="what is uploading, which peers are healthy, what is at risk")
+    p.add_argument("--home", metavar="DIR", help=home_help)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("peers", help="list the storage peers the coordinator knows")
+    p.add_argument("--home", metavar="DIR", help=home_help)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_peers)
+    p = sub.add_parser("demo", help="run a local grid (coordinator + peers) and mount it, all on 127.0.0.1")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--peers", type=int, default=5, help="storage peers to start (default 5)")
+    p.add_argument("--capacity", default="2G", metavar="SIZE", help="capacity of each peer (default 2G)")
+    p.add_argument("--state", default=str(Path.home() / ".pluto-demo"), metavar="DIR",
+                   help="where the demo keeps its grid and identity (default ~/.pluto-demo)")
+    p.add_argument("--allow-other", action="store_true", help="let other local users use the mount")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="network wait limit per operation")
+    p.set_defaults(func=cmd_demo)

@@ -1,0 +1,529 @@
+"""The mount's in-memory tree, with write-back to the network.
+
+Every change made through the mount is applied here at once (so the next
+system call sees it), recorded in the journal, and published later:
+directories as new slot versions, file data as chunks in packs. Publishing
+follows two rules that keep readers safe:
+
+- a directory version never names data that is not on the network yet: a
+  file whose new bytes are still local is published with its previous
+  content (or left out if it has none), and a new child directory is
+  published before the parent that links it;
+- a directory's journal row is dropped only once the network holds exactly
+  that state and none of its children is waiting, so a crash at any point
+  leaves enough in the journal to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cbor2
+import trio
+
+from cryptree.caps import ReadCap, WriteCap, parse_cap
+from cryptree.dirnode import (
+    DirAttrs,
+    DirEntry,
+    DirLink,
+    Directory,
+    Symlink,
+    child_write_cap,
+    link_child,
+    new_directory_cap,
+)
+from cryptree.filenode import FileContent, FileRef, InlineData, decode_content, encode_content
+
+from .errors import ConflictError, PlutoError
+from .journal import Journal
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1
+PUBLISH_CONCURRENCY = 16  # directory slots published at once
+
+
+def now_ns() -> int:
+    """The current time in integer nanoseconds."""
+    return time.time_ns()
+
+
+@dataclass(eq=False)
+class Node:
+    """Common attributes of every inode."""
+
+    ino: int
+    name: str
+    parent: "DirNode | None"
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    lookups: int = 0  # references the kernel holds (lookup replies minus forgets)
+
+    @property
+    def writable(self) -> bool:
+        """Whether this node's containing directory can be changed by us."""
+        return self.parent is None or isinstance(self.parent.cap, WriteCap)
+
+
+@dataclass(eq=False)
+class FileNode(Node):
+    """A regular file: published content, plus possibly a local full copy."""
+
+    content: FileContent | None = None  # what the network holds (None: nothing yet)
+    content_size: int = 0  # the size that goes with `content`
+    size: int = 0  # the current size (of the local copy when there is one)
+    cache_id: str | None = None  # local cache file with the file's full current bytes
+    dirty: bool = False  # the cache file holds bytes the network does not have yet
+    version: int = 0  # bumps on every data change (an upload of an older version is stale)
+    open_handles: int = 0
+    writers: int = 0
+    last_write: float = 0.0
+
+
+@dataclass(eq=False)
+class SymlinkNode(Node):
+    """A symbolic link."""
+
+    target: bytes = b""
+
+
+@dataclass(eq=False)
+class DirNode(Node):
+    """A directory: its capability and, once loaded, its children."""
+
+    cap: WriteCap | ReadCap | None = None
+    children: dict[str, Node] | None = None
+    seq: int = 0
+    new: bool = False  # never published
+    dirty: bool = False
+    version: int = 0
+    publish_lock: trio.Lock = field(default_factory=trio.Lock)
+    load_lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+class FsModel:
+    """Inode table, directory loading, changes, and write-back publishing."""
+
+    def __init__(self, volume: Volume, journal: Journal, cache_dir: Path, root_cap: WriteCap | ReadCap) -> None:
+        self.volume = volume
+        self.journal = journal
+        self.cache_dir = cache_dir
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.inodes: dict[int, Node] = {}
+        self._next_ino = ROOT_INO + 1
+        now = now_ns()
+        self.root = DirNode(ROOT_INO, "", None, 0o755, os.getuid(), os.getgid(), now, now, now, cap=root_cap)
+        self.inodes[ROOT_INO] = self.root
+        self.dirty_dirs: set[DirNode] = set()
+        self.dirty_files: set[FileNode] = set()
+        self._journal_dirs = {w: (cap, seq, state) for w, cap, seq, state in journal.dirs()}
+        self._pending_files = journal.pending_files()
+        self.changed = trio.Event()  # set on every change: wakes the background flusher
+        self._drop_stale_cache()
+
+    # ---- inodes ------------------------------------------------------------------
+
+    def _ino(self) -> int:
+        ino = self._next_ino
+        self._next_ino += 1
+        return ino
+
+    def cache_path(self, cache_id: str) -> Path:
+        """Where the local copy `cache_id` lives."""
+        return self.cache_dir / cache_id
+
+    def _drop_stale_cache(self) -> None:
+        """Cache files the journal does not need are left over from an earlier session: remove them."""
+        for f in self.cache_dir.iterdir():
+            if f.name not in self._pending_files:
+                f.unlink(missing_ok=True)
+
+    # ---- loading -----------------------------------------------------------------
+
+    async def children(self, d: DirNode) -> dict[str, Node]:
+        """The directory's children, loaded from the journal or the network on first use."""
+        if d.children is not None:
+            return d.children
+        async with d.load_lock:
+            if d.children is not None:
+                return d.children
+            assert d.cap is not None
+            journaled = self._journal_dirs.pop(d.cap.writer, None)
+            if journaled is not None:
+                _, seq, state = journaled
+                self._restore_state(d, seq, state)
+            else:
+                directory = await self.volume.load_dir(d.cap, missing_ok=d is self.root)
+                self._build(d, directory)
+            return d.children  # type: ignore[return-value]
+
+    def _build(self, d: DirNode, directory: Directory) -> None:
+        d.seq = directory.seq
+        if directory.attrs is not None:
+            a = directory.attrs
+            d.mode, d.uid, d.gid = a.mode, a.uid, a.gid
+            d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs = a.atime_ns, a.mtime_ns, a.ctime_ns, dict(a.xattrs)
+        kids: dict[str, Node] = {}
+        for e in directory.entries:
+            common = (self._ino(), e.name, d, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, dict(e.xattrs))
+            if isinstance(e.child, DirLink):
+                cap: WriteCap | ReadCap = e.child.cap
+                if isinstance(d.cap, WriteCap) and e.child.wrapped_writer is not None:
+                    cap = child_write_cap(d.cap, e)
+                node: Node = DirNode(*common, cap=cap)
+            elif isinstance(e.child, Symlink):
+                node = SymlinkNode(*common, target=e.child.target)
+            else:
+                node = FileNode(*common, content=e.child, content_size=e.size, size=e.size)
+            kids[e.name] = node
+            self.inodes[node.ino] = node
+        d.children = kids
+
+    # ---- journal encoding ------------------------------------------------------------
+
+    def _state(self, d: DirNode) -> bytes:
+        """The directory's full local state, as the journal keeps it."""
+        rows = []
+        for n in (d.children or {}).values():
+            head = [n.name, n.mode, n.uid, n.gid, n.atime_ns, n.mtime_ns, n.ctime_ns, n.xattrs]
+            if isinstance(n, DirNode):
+                assert n.cap is not None
+                rows.append([1, *head, n.cap.to_string(), n.new])
+            elif isinstance(n, SymlinkNode):
+                rows.append([2, *head, n.target])
+            else:
+                assert isinstance(n, FileNode)
+                content = encode_content(n.content) if n.content is not None else None
+                rows.append([0, *head, content, n.content_size, n.size, n.cache_id if n.dirty else None])
+        own = [d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs]
+        return cbor2.dumps([1, own, rows, d.new])
+
+    def _restore_state(self, d: DirNode, seq: int, state: bytes) -> None:
+        _version, own, rows, new = cbor2.loads(state)
+        d.seq, d.new = seq, new
+        d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs = own[0], own[1], own[2], own[3], own[4], own[5], dict(own[6])
+        kids: dict[str, Node] = {}
+        for row in rows:
+            kind, name, mode, uid, gid, at, mt, ct, xattrs = row[:9]
+            common = (self._ino(), name, d, mode, uid, gid, at, mt, ct, dict(xattrs))
+            if kind == 1:
+                node: Node = DirNode(*common, cap=parse_cap(row[9]), new=row[10])
+            elif kind == 2:
+                node = SymlinkNode(*common, target=row[9])
+            else:
+                content = decode_content(row[9]) if row[9] is not None else None
+                cache_id = row[12]
+                node = FileNode(*common, content=content, content_size=row[10], size=row[11])
+                if cache_id is not None and cache_id in self._pending_files and self.cache_path(cache_id).exists():
+                    node.cache_id, node.dirty = cache_id, True
+                    node.size = self.cache_path(cache_id).stat().st_size
+                    self.dirty_files.add(node)
+            kids[name] = node
+            self.inodes[node.ino] = node
+        d.children = kids
+        d.dirty = True
+        self.dirty_dirs.add(d)
+
+    def touch_dir(self, d: DirNode, times: bool = True) -> None:
+        """Record that directory `d` changed: journal its state, schedule a publish."""
+        if times:
+            d.mtime_ns = d.ctime_ns = now_ns()
+        d.version += 1
+        d.dirty = True
+        self.dirty_dirs.add(d)
+        assert d.cap is not None
+        self.journal.put_dir(d.cap.writer, d.cap.to_string(), d.seq, self._state(d))
+        self.changed.set()
+
+    def touch_meta(self, node: Node) -> None:
+        """Record a metadata change of `node` (kept in its parent's entry, or its own slot for dirs)."""
+        node.ctime_ns = now_ns()
+        if isinstance(node, DirNode):
+            self.touch_dir(node, times=False)
+        if node.parent is not None:
+            self.touch_dir(node.parent, times=False)
+
+    # ---- creating ----------------------------------------------------------------------
+
+    @staticmethod
+    def inherit(parent: DirNode, mode: int, gid: int, is_dir: bool) -> tuple[int, int]:
+        """(mode, gid) of a new entry: a setgid directory passes on its group (and, to dirs, the bit)."""
+        if parent.mode & stat.S_ISGID:
+            return (mode | stat.S_ISGID if is_dir else mode), parent.gid
+        return mode, gid
+
+    def add_file(self, parent: DirNode, name: str, mode: int, uid: int, gid: int) -> FileNode:
+        """A new empty file (with an empty local cache file, so it is writable at once)."""
+        mode, gid = self.inherit(parent, mode, gid, is_dir=False)
+        now = now_ns()
+        node = FileNode(self._ino(), name, parent, mode, uid, gid, now, now, now)
+        node.cache_id = uuid.uuid4().hex
+        self.cache_path(node.cache_id).touch()
+        self._attach(parent, node)
+        return node
+
+    def add_dir(self, parent: DirNode, name: str, mode: int, uid: int, gid: int) -> DirNode:
+        """A new empty directory with fresh keys."""
+        mode, gid = self.inherit(parent, mode, gid, is_dir=True)
+        now = now_ns()
+        node = DirNode(self._ino(), name, parent, mode, uid, gid, now, now, now,
+                       cap=new_directory_cap(), children={}, new=True)
+        self._attach(parent, node)
+        self.touch_dir(node, times=False)
+        return node
+
+    def add_symlink(self, parent: DirNode, name: str, target: bytes, uid: int, gid: int) -> SymlinkNode:
+        """A new symbolic link."""
+        now = now_ns()
+        node = SymlinkNode(self._ino(), name, parent, 0o777, uid, gid, now, now, now, target=target)
+        self._attach(parent, node)
+        return node
+
+    def _attach(self, parent: DirNode, node: Node) -> None:
+        assert parent.children is not None
+        parent.children[node.name] = node
+        node.parent = parent
+        self.inodes[node.ino] = node
+        self.touch_dir(parent)
+
+    def detach(self, node: Node) -> None:
+        """Take `node` out of its directory (unlink, rmdir, or replaced by a rename)."""
+        parent = node.parent
+        if parent is not None and parent.children is not None and parent.children.get(node.name) is node:
+            del parent.children[node.name]
+            self.touch_dir(parent)
+        node.parent = None
+        if isinstance(node, DirNode):
+            self.dirty_dirs.discard(node)
+        self.release_if_unused(node)
+
+    def release_if_unused(self, node: Node) -> None:
+        """Free a detached node once neither the kernel nor an open file refers to it any more.
+
+        Until then it stays usable: a reader that looked a file up just before
+        a rename replaced it still opens and reads the old bytes.
+        """
+        if node.parent is not None or node is self.root or node.lookups > 0:
+            return
+        if isinstance(node, FileNode):
+            if node.open_handles > 0:
+                return
+            self.forget_file(node)
+        self.inodes.pop(node.ino, None)
+
+    def forget_file(self, node: FileNode) -> None:
+        """Drop a detached file's local copy and pending data."""
+        self.dirty_files.discard(node)
+        if node.cache_id is not None:
+            self.cache_path(node.cache_id).unlink(missing_ok=True)
+            self.journal.drop_file(node.cache_id)
+            node.cache_id = None
+
+    def rename(self, node: Node, new_parent: DirNode, new_name: str) -> None:
+        """Move `node` (the caller has removed any node at the destination)."""
+        old_parent = node.parent
+        assert old_parent is not None and old_parent.children is not None and new_parent.children is not None
+        del old_parent.children[node.name]
+        node.name = new_name
+        node.parent = new_parent
+        new_parent.children[new_name] = node
+        node.ctime_ns = now_ns()
+        self.touch_dir(old_parent)
+        if new_parent is not old_parent:
+            self.touch_dir(new_parent)
+
+    # ---- file data ---------------------------------------------------------------------
+
+    async def materialize(self, node: FileNode, truncate: bool = False) -> Path:
+        """Make sure the file has a full local copy (fetched from the network if needed)."""
+        if node.cache_id is not None and self.cache_path(node.cache_id).exists():
+            return self.cache_path(node.cache_id)
+        cache_id = uuid.uuid4().hex
+        path = self.cache_path(cache_id)
+        with open(path, "wb") as f:
+            if not truncate and node.content is not None and node.size:
+                if isinstance(node.content, InlineData):
+                    f.write(node.content.data)
+                else:
+                    manifest = await self.volume.manifest(node.content, node.size)
+                    for ref in manifest.chunks:
+                        f.write(await self.volume._chunk(ref))
+        node.cache_id = cache_id
+        return path
+
+    def mark_written(self, node: FileNode) -> None:
+        """The local copy changed: schedule an upload and keep the journal able to resume it."""
+        node.version += 1
+        node.last_write = time.monotonic()
+        node.mtime_ns = node.ctime_ns = now_ns()
+        if not node.dirty:
+            node.dirty = True
+            self.dirty_files.add(node)
+            assert node.cache_id is not None
+            self.journal.put_file(node.cache_id, node.size)
+            if node.parent is not None:
+                self.touch_dir(node.parent, times=False)
+        self.changed.set()
+
+    async def upload_files(self, nodes: list[FileNode]) -> None:
+        """Store dirty files' local copies on the network and record their new content.
+
+        All files go into the same packs and are flushed once, so a thousand
+        small files cost a few packs, not a thousand.
+        """
+        staged = []
+        for node in nodes:
+            if not node.dirty or node.cache_id is None:
+                continue
+            version, cache_id = node.version, node.cache_id
+            previous = None
+            if isinstance(node.content, FileRef):
+                try:
+                    previous = await self.volume.manifest(node.content)
+                except PlutoError:
+                    previous = None  # dedup is an optimisation: store everything again
+            content, size = await self.volume.store_file(self.cache_path(cache_id), previous)
+            staged.append((node, version, cache_id, content, size))
+        await self.volume.flush()
+        for node, version, cache_id, content, size in staged:
+            if node.version != version or node.cache_id != cache_id:
+                continue  # written again meanwhile: the next round uploads the newer bytes
+            node.content, node.content_size, node.size, node.dirty = content, size, size, False
+            self.dirty_files.discard(node)
+            if node.parent is not None:
+                self.touch_dir(node.parent, times=False)  # journal the new content before dropping the data row
+            self.journal.drop_file(cache_id)
+
+    # ---- publishing ----------------------------------------------------------------------
+
+    def _entries(self, d: DirNode) -> tuple[list[DirEntry], bool]:
+        """Entries to publish for `d`, and whether anything had to be held back."""
+        assert isinstance(d.cap, WriteCap) and d.children is not None
+        entries: list[DirEntry] = []
+        held_back = False
+        for n in d.children.values():
+            common = dict(mode=n.mode, uid=n.uid, gid=n.gid, atime_ns=n.atime_ns, mtime_ns=n.mtime_ns,
+                          ctime_ns=n.ctime_ns, xattrs=n.xattrs)
+            if isinstance(n, DirNode):
+                if n.new:
+                    held_back = True
+                    continue
+                assert n.cap is not None
+                entries.append(DirEntry(n.name, link_child(d.cap, n.cap), size=0, **common))
+            elif isinstance(n, SymlinkNode):
+                entries.append(DirEntry(n.name, Symlink(n.target), size=len(n.target), **common))
+            else:
+                assert isinstance(n, FileNode)
+                if n.dirty:
+                    held_back = True
+                if n.content is None:
+                    held_back = True
+                    continue
+                entries.append(DirEntry(n.name, n.content, size=n.content_size, **common))
+        return entries, held_back
+
+    async def publish(self, d: DirNode) -> None:
+        """Publish `d` (and first any never-published child directories) as a new slot version."""
+        if not isinstance(d.cap, WriteCap) or d.children is None:
+            d.dirty = False
+            self.dirty_dirs.discard(d)
+            return
+        async with d.publish_lock:
+            for child in list(d.children.values()):
+                if isinstance(child, DirNode) and child.new:
+                    await self.publish(child)
+            version = d.version
+            state = self._state(d)
+            entries, held_back = self._entries(d)
+            attrs = DirAttrs(d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs)
+            for _attempt in range(3):
+                try:
+                    published = await self.volume.save_dir(d.cap, entries, attrs, d.seq)
+                    break
+                except ConflictError:
+                    # Another writer got there first: ours is the newer local state, so it wins.
+                    remote = await self.volume.slots.read(d.cap.writer)
+                    d.seq = max(d.seq, remote.seq if remote else 0)
+            else:
+                raise ConflictError("a folder keeps changing elsewhere; will retry")
+            d.seq = published.seq
+            was_new = d.new
+            d.new = False
+            if d.version == version and not held_back:
+                d.dirty = False
+                self.dirty_dirs.discard(d)
+                self.journal.drop_dir(d.cap.writer, state)
+            else:
+                self.journal.put_dir(d.cap.writer, d.cap.to_string(), d.seq, self._state(d))
+            if was_new and d.parent is not None:
+                self.touch_dir(d.parent, times=False)  # the parent can now link it
+
+    async def sync_path(self, node: Node) -> None:
+        """fsync: upload `node`'s data if needed, then publish every changed directory above it."""
+        if isinstance(node, FileNode) and node.dirty:
+            await self.upload_files([node])
+        d = node if isinstance(node, DirNode) else node.parent
+        while d is not None and (d.dirty or d.new):
+            await self.publish(d)
+            d = d.parent
+        await trio.to_thread.run_sync(self.journal.sync)
+
+    async def flush_all(self) -> None:
+        """Upload every dirty file and publish every changed directory (unmount, `sync`)."""
+        for _ in range(5):
+            self.dirty_files -= {f for f in self.dirty_files if f.parent is None}
+            await self.upload_files(list(self.dirty_files))
+            await self.publish_dirty()
+            if not self.dirty_files and not self.dirty_dirs:
+                break
+        await trio.to_thread.run_sync(self.journal.sync)
+
+    async def publish_dirty(self) -> None:
+        """Publish every changed directory: deepest first, those at one depth concurrently."""
+        self.dirty_dirs -= {d for d in self.dirty_dirs if d.parent is None and d is not self.root}
+        by_depth: dict[int, list[DirNode]] = {}
+        for d in self.dirty_dirs:
+            by_depth.setdefault(self._depth(d), []).append(d)
+        limit = trio.Semaphore(PUBLISH_CONCURRENCY)
+
+        async def one(d: DirNode) -> None:
+            async with limit:
+                await self.publish(d)
+
+        for depth in sorted(by_depth, reverse=True):
+            async with trio.open_nursery() as nursery:
+                for d in by_depth[depth]:
+                    nursery.start_soon(one, d)
+
+    def _depth(self, d: Node) -> int:
+        depth = 0
+        while d.parent is not None:
+            d = d.parent
+            depth += 1
+        return depth
+
+    def pending(self) -> tuple[int, int, int]:
+        """(dirty files, their bytes, directories waiting) for `pluto status`."""
+        files = [f for f in self.dirty_files if f.parent is not None]
+        return len(files), sum(f.size for f in files), len(self.dirty_dirs)
+
+
+def mode_of(node: Node) -> int:
+    """st_mode for a node."""
+    if isinstance(node, DirNode):
+        return stat.S_IFDIR | node.mode
+    if isinstance(node, SymlinkNode):
+        return stat.S_IFLNK | 0o777
+    return stat.S_IFREG | node.mode

@@ -1,0 +1,154 @@
+"""`pluto mount`: run the FUSE filesystem over the user's volume until unmounted.
+
+Lifecycle: open the volume and the journal → resume whatever the journal says
+is pending → mount → serve requests while a background task uploads closed
+files and publishes changed folders → on SIGINT/SIGTERM or `pluto unmount`,
+flush everything, then unmount. The mount process writes a small status file
+(`cache/status.json`) that `pluto status` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .errors import PlutoError
+from .fsmodel import FsModel
+from .fuse_ops import PlutoOperations
+from .home import Home
+from .journal import Journal
+from .volume import Volume, open_volume
+
+log = logging.getLogger(__name__)
+
+IDLE_UPLOAD_AFTER = 2.0  # seconds a file open for writing must be quiet before it uploads anyway
+PUBLISH_EVERY = 0.5  # seconds between write-back rounds
+UPLOAD_BATCH = 2000  # files per write-back round (bounds how long a round holds back folder publishing)
+
+
+@dataclass
+class MountOptions:
+    """How to mount."""
+
+    mountpoint: Path
+    allow_other: bool = False
+    op_timeout: float = 30.0
+    debug: bool = False
+
+
+def pid_file(home: Home) -> Path:
+    """Where a running mount records its pid and mountpoint."""
+    return home.cache / "mount.json"
+
+
+async def _statfs(volume: Volume) -> tuple[int, int]:
+    """Usable bytes (total, free): raw peer space divided by the expansion n/k."""
+    peers = await volume.net.peers()
+    k, n = volume.packs.k, volume.packs.n
+    total = sum(p.capacity for p in peers.values() if p.alive) * k // n
+    free = sum(p.free for p in peers.values() if p.alive) * k // n
+    return total, free
+
+
+async def _write_back(model: FsModel) -> None:
+    """Upload quiet files and publish changed folders, forever (errors are retried)."""
+    while True:
+        with trio.move_on_after(PUBLISH_EVERY):
+            await model.changed.wait()
+        model.changed = trio.Event()
+        await trio.sleep(PUBLISH_EVERY)  # let a burst of changes settle into one publish
+        try:
+            now = time.monotonic()
+            model.dirty_files -= {f for f in model.dirty_files if f.parent is None}
+            ready = [f for f in model.dirty_files if f.writers == 0 or now - f.last_write > IDLE_UPLOAD_AFTER]
+            await model.upload_files(ready[:UPLOAD_BATCH])
+            await model.publish_dirty()
+        except (PlutoError, OSError) as exc:
+            log.warning("write-back will retry: %s", exc)
+            await trio.sleep(2)
+
+
+def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path) -> None:
+    files, size, dirs = model.pending()
+    stats = volume.packs.stats
+    status = {
+        "pid": os.getpid(),
+        "mountpoint": str(mountpoint),
+        "updated": time.time(),
+        "pending_files": files,
+        "pending_bytes": size,
+        "pending_folders": dirs,
+        "uploaded_bytes": stats.fragment_bytes_sent,
+        "downloaded_bytes": stats.fragment_bytes_received,
+        "packs_uploaded": stats.packs_uploaded,
+    }
+    tmp = pid_file(home).with_suffix(".tmp")
+    tmp.write_text(json.dumps(status))
+    os.replace(tmp, pid_file(home))
+
+
+async def _status_loop(home: Home, model: FsModel, volume: Volume, mountpoint: Path) -> None:
+    while True:
+        _write_status(home, model, volume, mountpoint)
+        await trio.sleep(1)
+
+
+async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = None,
+                    *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    """Mount and serve until a signal or an external unmount; flush before returning."""
+    journal = Journal(home.cache / "journal.sqlite")
+    try:
+        async with open_volume(home, coordinator) as volume:
+            model = FsModel(volume, journal, home.cache / "files", volume.keys.root)
+            await model.children(model.root)  # fail early (and clearly) if the network is unreachable
+            ops = PlutoOperations(model, opts.op_timeout, lambda: _statfs(volume))
+            options = set(pyfuse3.default_options)
+            options |= {"fsname=pluto", "subtype=pluto"}
+            if opts.allow_other:
+                options.add("allow_other")
+            if opts.debug:
+                options.add("debug")
+            pyfuse3.init(ops, str(opts.mountpoint), options)
+            unmounted = False
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_write_back, model)
+                    nursery.start_soon(_status_loop, home, model, volume, opts.mountpoint)
+
+                    async def stop_on_signal() -> None:
+                        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                            async for _ in signals:
+                                log.info("stopping: uploading what is pending, then unmounting")
+                                nursery.cancel_scope.cancel()
+                                return
+
+                    nursery.start_soon(stop_on_signal)
+                    task_status.started()
+
+                    async def serve() -> None:
+                        nonlocal unmounted
+                        await pyfuse3.main()
+                        unmounted = True  # unmounted from outside (fusermount -u)
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(serve)
+            finally:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await model.flush_all()
+                    except (PlutoError, OSError) as exc:
+                        log.error("could not upload everything before unmounting (%s); "
+                                  "it stays in the journal and resumes at the next mount", exc)
+                    _write_status(home, model, volume, opts.mountpoint)
+                pyfuse3.close(unmount=not unmounted)
+    finally:
+        journal.close()
+        pid_file(home).unlink(missing_ok=True)

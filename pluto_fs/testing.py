@@ -1,0 +1,129 @@
+"""A real mount for tests and benchmarks: grid processes plus a `pluto mount -f` process.
+
+Lives in the package (not under tests/) because the benchmarks use it too.
+Teardown always unmounts lazily (`fusermount3 -u -z`) and kills what is
+left, so a failed test never leaves a stuck mount behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptree.identity import new_seed
+
+from .home import Config, Home
+from .localgrid import LocalGrid, _child_env
+
+
+def is_mounted(path: Path) -> bool:
+    """True if `path` is a mountpoint right now."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1].replace("\\040", " ") == target for line in f)
+
+
+@dataclass
+class MountedVolume:
+    """A pluto mount process over a LocalGrid."""
+
+    root: Path
+    grid: LocalGrid
+    home: Home
+    path: Path
+    timeout: float = 30.0
+    proc: subprocess.Popen | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.root / "mount.log"
+
+    def mount(self, wait: float = 60.0) -> None:
+        """Start `pluto mount -f` and wait until the kernel shows the mount."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "pluto_fs.cli", "--log-level", "info", "mount", "-f", str(self.path),
+                "--home", str(self.home.path), "--allow-other", "--timeout", str(self.timeout)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_child_env())
+        deadline = time.monotonic() + wait
+        while not is_mounted(self.path):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pluto mount exited with {self.proc.returncode}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"pluto mount did not come up in {wait:g} s; see {self.log_path}")
+            time.sleep(0.05)
+
+    def unmount(self, wait: float = 300.0) -> None:
+        """Clean unmount: SIGTERM, which uploads everything pending first."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+        self._lazy_unmount()
+
+    def kill(self) -> None:
+        """kill -9 of the mount process (a crash), then detach the dead mount."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        self._lazy_unmount()
+
+    def _lazy_unmount(self) -> None:
+        if is_mounted(self.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+
+    def drop_cache(self) -> None:
+        """Remove the local cache so the next mount reads everything from peers (unmounted only)."""
+        assert self.proc is None
+        import shutil
+
+        shutil.rmtree(self.home.path / "cache", ignore_errors=True)
+
+    def close(self) -> None:
+        """Tear everything down, whatever state it is in."""
+        try:
+            self.unmount(wait=60)
+        finally:
+            self.kill()
+            self.grid.stop()
+
+
+def start_mounted_volume(root: Path, peers: int = 5, timeout: float = 30.0) -> MountedVolume:
+    """Grid + fresh identity + mount, ready for use."""
+    root.mkdir(parents=True, exist_ok=True)
+    grid = LocalGrid(root / "grid", peers=peers, capacity="4G", heartbeat=0.5)
+    grid.start()
+    try:
+        home = Home(root / "home")
+        home.create(new_seed(), Config(coordinator=grid.coordinator.address))
+        _wait_for_placement(home, peers)
+        # The mountpoint sits outside `root` in a world-traversable directory, so tests that
+        # switch to another uid (permission checks through allow_other) can reach it.
+        import tempfile
+
+        mnt_parent = Path(tempfile.mkdtemp(prefix="pluto-mnt-"))
+        os.chmod(mnt_parent, 0o755)
+        vol = MountedVolume(root, grid, home, mnt_parent / "mnt", timeout)
+        vol.mount()
+        return vol
+    except BaseException:
+        grid.stop()
+        raise
+
+
+def _wait_for_placement(home: Home, want: int) -> None:
+    import trio
+
+    from .cli_mount import _wait_for_peers
+
+    trio.run(_wait_for_peers, home, want)
