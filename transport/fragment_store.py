@@ -7,10 +7,11 @@ Layout under the store directory:
     index.sqlite            which fragments exist, who claimed them, slots, usage
     peer.key                the peer's transport key (see keys.py)
 
-A fragment is written to tmp/, fsync'd, renamed into place, the directory
-fsync'd, and only then recorded in the index; the client is answered after
-the index commit. After a crash, a file without an index row was never
-acknowledged and is removed; so nothing half-written is ever served.
+A fragment is written to tmp/, verified against its id, fsync'd, renamed
+into place and the directory fsync'd; only then is it recorded in the index
+and the client answered. So every file in fragments/ is whole and verified,
+and nothing half-written is ever served: after a crash, tmp/ is emptied and
+the index is reconciled with the files (the files win).
 
 Accounting: every fragment is charged to each client that claimed it
 (claims are per client key), slots to the client that stored their latest
@@ -72,7 +73,9 @@ class FragmentStore:
         tmp = self.root / "tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        self.db = Database(self.root / "index.sqlite", _SCHEMA)
+        # NORMAL: a commit survives a killed process; after power loss the index is rebuilt
+        # from the fragment files (see _reconcile), and slots are replicated on several peers.
+        self.db = Database(self.root / "index.sqlite", _SCHEMA, synchronous="NORMAL")
         self._reserved = 0  # bytes promised to uploads in flight
         self._reconcile()
 
@@ -84,26 +87,49 @@ class FragmentStore:
         return self.root / "fragments" / h[:2] / h
 
     def _reconcile(self) -> None:
-        """Drop files the index does not know (never acknowledged) and rows without files."""
-        known = {bytes(r[0]) for r in self.db.conn.execute("SELECT id FROM fragments")}
-        on_disk = set()
+        """Make the index agree with the fragment files after a crash.
+
+        A file in fragments/ got there by rename only after it was fsync'd and
+        verified against its id, so the files are the truth: a file the index
+        lost (its commit was not yet on disk) is re-indexed, unclaimed; a row
+        whose file is gone is dropped.
+        """
+        known = {bytes(r[0]): r[1] for r in self.db.conn.execute("SELECT id, size FROM fragments")}
+        on_disk: dict[bytes, int] = {}
         for sub in (self.root / "fragments").iterdir():
             for f in sub.iterdir():
                 try:
                     fid = bytes.fromhex(f.name)
                 except ValueError:
                     fid = b""
-                if fid in known:
-                    on_disk.add(fid)
-                else:
-                    f.unlink()
-        missing = known - on_disk
-        if missing:
-            def drop(conn: sqlite3.Connection) -> None:
-                for fid in missing:
-                    conn.execute("DELETE FROM claims WHERE id=?", (fid,))
-                    conn.execute("DELETE FROM fragments WHERE id=?", (fid,))
-            self.db.run_sync(drop)
+                if len(fid) != 32:
+                    f.unlink()  # not ours
+                    continue
+                on_disk[fid] = f.stat().st_size
+        lost_rows = [fid for fid in on_disk if fid not in known and self._intact(fid)]
+        missing = [fid for fid in known if fid not in on_disk or not self.fragment_path(fid).exists()]
+        if not lost_rows and not missing:
+            return
+
+        def fix(conn: sqlite3.Connection) -> None:
+            for fid in missing:
+                conn.execute("DELETE FROM claims WHERE id=?", (fid,))
+                conn.execute("DELETE FROM fragments WHERE id=?", (fid,))
+            for fid in lost_rows:
+                conn.execute("INSERT OR IGNORE INTO fragments(id, size) VALUES (?,?)", (fid, on_disk[fid]))
+
+        self.db.run_sync(fix)
+
+    def _intact(self, fid: bytes) -> bool:
+        """Whether the file stored under `fid` still hashes to it (else it is removed)."""
+        builder = MerkleBuilder()
+        with open(self.fragment_path(fid), "rb") as f:
+            while block := f.read(1 << 20):
+                builder.update(block)
+        if builder.root() == fid:
+            return True
+        self.fragment_path(fid).unlink()
+        return False
 
     # ---- accounting -----------------------------------------------------------
 

@@ -18,14 +18,21 @@ T = TypeVar("T")
 
 
 class Database:
-    """One SQLite file in WAL mode with full fsync on commit."""
+    """One SQLite file in WAL mode.
 
-    def __init__(self, path: Path, schema: str) -> None:
+    `synchronous="FULL"` fsyncs every commit; "NORMAL" survives a killed
+    process (the WAL is in the kernel's hands) but may lose the last commits
+    on power loss — for callers whose rows can be rebuilt or are replicated.
+    """
+
+    def __init__(self, path: Path, schema: str, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("synchronous must be FULL or NORMAL")
+        self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.conn.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self.conn.executescript(schema)
