@@ -89,6 +89,7 @@ def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path) 
         "uploaded_bytes": stats.fragment_bytes_sent,
         "downloaded_bytes": stats.fragment_bytes_received,
         "packs_uploaded": stats.packs_uploaded,
+        "chunk_bytes_packed": stats.chunk_bytes_packed,
     }
     tmp = pid_file(home).with_suffix(".tmp")
     tmp.write_text(json.dumps(status))
