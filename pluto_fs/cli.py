@@ -108,15 +108,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     """`pluto coordinator`: run the rendezvous server."""
-    from transport.coordinator import run_coordinator
+    from transport.coordinator import CoordinatorLimits, run_coordinator
 
     host, port = parse_address(args.listen, allow_any_port=True)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            limits = CoordinatorLimits(audit_report_interval=args.audit_report_interval)
             started = await nursery.start(
                 lambda task_status: run_coordinator(
-                    Path(args.data), host, port, heartbeat_interval=args.heartbeat, task_status=task_status
+                    Path(args.data), host, port, heartbeat_interval=args.heartbeat, limits=limits,
+                    task_status=task_status,
                 )
             )
             print(f"pluto coordinator listening on {_describe(started)}, state in {args.data}", flush=True)
@@ -155,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT", help="address to listen on")
     p.add_argument("--data", required=True, metavar="DIR", help="directory for the coordinator's state")
     p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS", help="expected peer heartbeat interval")
+    p.add_argument("--audit-report-interval", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="count at most one audit report per client and peer in this interval (default 10)")
     p.set_defaults(func=cmd_coordinator)
 
     from .cli_volume import add_commands

@@ -142,6 +142,44 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Audit (and with --repair, fix) everything under a folder."""
+    import json as _json
+
+    from .health import check
+
+    home = _home(args)
+
+    def say(msg: str) -> None:
+        if sys.stderr.isatty() and not args.json:
+            sys.stderr.write("\r" + msg + "   ")
+            sys.stderr.flush()
+
+    async def run():
+        async with open_volume(home) as vol:
+            cap, _ = await Tree(vol, vol.keys.root).open_dir(args.path)
+            return await check(vol, cap, repair=args.repair, gc=args.gc, gc_min_age=args.gc_min_age, progress=say)
+
+    report = trio.run(run)
+    if sys.stderr.isatty() and not args.json:
+        sys.stderr.write("\r\033[K")
+    if args.json:
+        print(_json.dumps(report.__dict__, indent=2))
+    else:
+        print(f"checked {report.folders} folders, {report.files} files, {report.packs} packs "
+              f"({report.fragments_checked} fragments challenged, {report.fragments_failed} failed)")
+        print(f"degraded packs: {report.packs_degraded}, unreadable: {report.packs_unreadable}")
+        if args.repair:
+            print(f"repaired {report.packs_repaired} packs ({report.fragments_rebuilt} fragments rebuilt), "
+                  f"{report.slots_rewritten} slots re-replicated")
+        if args.gc:
+            print(f"garbage collected {report.packs_collected} unreferenced packs")
+        for problem in report.problems[:10]:
+            print(f"problem: {problem}")
+    healthy = report.packs_unreadable == 0 and (args.repair or report.packs_degraded == 0)
+    return 0 if healthy and not report.problems else 1
+
+
 def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: str) -> None:
     """Register the volume commands on the main parser."""
     for name, fn, helptext in [
@@ -164,6 +202,15 @@ def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: s
     p.add_argument("local", metavar="LOCAL_DIR")
     p.add_argument("--home", metavar="DIR", help=home_help)
     p.set_defaults(func=cmd_get)
+    p = sub.add_parser("check", help="audit your data on the peers; --repair rebuilds what is degraded")
+    p.add_argument("path", nargs="?", default="/", metavar="REMOTE_DIR")
+    p.add_argument("--repair", action="store_true", help="rebuild missing fragments on new peers")
+    p.add_argument("--gc", action="store_true", help="delete packs that no file uses any more")
+    p.add_argument("--gc-min-age", type=float, default=3600.0, metavar="SECONDS",
+                   help="only collect packs older than this (default 3600: a running mount may not have published them yet)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--home", metavar="DIR", help=home_help)
+    p.set_defaults(func=cmd_check)
     p = sub.add_parser("ls", help="list a folder of your pluto volume")
     p.add_argument("remote", nargs="?", default="/", metavar="REMOTE_DIR")
     p.add_argument("--home", metavar="DIR", help=home_help)

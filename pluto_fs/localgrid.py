@@ -109,6 +109,7 @@ class LocalGrid:
     capacity: str = "2G"
     heartbeat: float = 1.0
     log_level: str = "info"
+    audit_report_interval: float = 10.0
     coordinator: GridProcess | None = None
     storage: list[GridProcess] = field(default_factory=list)
 
@@ -118,7 +119,8 @@ class LocalGrid:
         self.coordinator = GridProcess(
             "coordinator",
             _pluto("--log-level", self.log_level, "coordinator", "--listen", "127.0.0.1:0",
-                   "--data", str(self.root / "coordinator"), "--heartbeat", str(self.heartbeat)),
+                   "--data", str(self.root / "coordinator"), "--heartbeat", str(self.heartbeat),
+                   "--audit-report-interval", str(self.audit_report_interval)),
             self.root / "coordinator.log",
         )
         self.coordinator.start()

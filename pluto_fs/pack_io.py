@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import trio
 
+from cryptree.caps import ReadCap
 from cryptree.errors import CryptreeError
 from cryptree.packrecord import Locator, PackRecord, open_pack_record, pack_write_cap, seal_pack_record
-from transport.errors import TransportError
+from transport.errors import RemoteError, TransportError
 
 from .erasure import decode_segment
 from .errors import NotEnoughPeers
 from .network import Network
+from .pack_log import PackLog
 from .packs import LayoutError, PackLayout, encode_pack, read_range
 from .slot_replicas import SlotReplicas
 
@@ -82,6 +85,7 @@ class PackStore:
     segment_size: int = 1 << 20
     segment_cache_bytes: int = 64 << 20
     stats: TransferStats = field(default_factory=TransferStats)
+    log: "PackLog | None" = None
     _records: dict = field(default_factory=dict)
     _segments: _LRU = field(init=False)
 
@@ -135,30 +139,37 @@ class PackStore:
         # A column that found no home keeps its last candidate: reads skip it, repair refills it.
         peers = tuple(c if c is not None else found[0].id for c in columns)
         record = PackRecord(layout.to_dict(), peers)
-        await self.slots.write(seal_pack_record(pack_write_cap(self.pack_key, nonce), 1, record))
-        self._records[pack_write_cap(self.pack_key, nonce).writer] = (layout, peers)
+        cap = pack_write_cap(self.pack_key, nonce)
+        await self.slots.write(seal_pack_record(cap, 1, record))
+        self._records[cap.writer] = (layout, peers)
+        if self.log is not None:
+            self.log.add(cap.writer, nonce, cap.read_key)
         self.stats.packs_uploaded += 1
         return record
 
     # ---- read -----------------------------------------------------------------
 
-    async def _record(self, locator: Locator) -> tuple[PackLayout, tuple[bytes, ...]]:
-        key = locator.record.writer
-        cached = self._records.get(key)
-        if cached is not None:
-            return cached
-        slot = await self.slots.read(key)
+    async def fetch_record(self, record: ReadCap) -> tuple[int, PackLayout, tuple[bytes, ...]]:
+        """The newest signed record of a pack: (seq, layout, peer per column), uncached."""
+        slot = await self.slots.read(record.writer)
         if slot is None:
             raise NotEnoughPeers("a pack record is missing on every peer asked; the data may be lost")
         try:
-            _, record = open_pack_record(locator.record, slot)
-            layout = PackLayout.from_dict(record.layout)
+            seq, parsed = open_pack_record(record, slot)
+            layout = PackLayout.from_dict(parsed.layout)
         except (CryptreeError, LayoutError) as exc:
             raise NotEnoughPeers(f"a pack record is damaged ({exc})") from exc
-        if len(record.peers) != layout.n:
+        if len(parsed.peers) != layout.n:
             raise NotEnoughPeers("a pack record names the wrong number of peers; it is damaged")
-        self._records[key] = (layout, record.peers)
-        return layout, record.peers
+        self._records[record.writer] = (layout, parsed.peers)
+        return seq, layout, parsed.peers
+
+    async def _record(self, locator: Locator) -> tuple[PackLayout, tuple[bytes, ...]]:
+        cached = self._records.get(locator.record.writer)
+        if cached is not None:
+            return cached
+        _, layout, peers = await self.fetch_record(locator.record)
+        return layout, peers
 
     async def read(self, locator: Locator) -> bytes:
         """The sealed chunk bytes at `locator` (verified fragments, decoded segments)."""
@@ -171,19 +182,23 @@ class PackStore:
             parts.append(segment[rng.start : rng.stop])
         return b"".join(parts)
 
-    async def _segment(self, key: bytes, layout: PackLayout, peers: tuple[bytes, ...], index: int) -> bytes:
-        cached = self._segments.get((key, index))
-        if cached is not None:
-            return cached[0]
+    async def gather(
+        self, layout: PackLayout, peers: tuple[bytes, ...], index: int, columns: Iterable[int]
+    ) -> dict[int, bytes]:
+        """k verified fragments of segment `index`, trying `columns` in order, k at a time.
+
+        Every failure or bad fragment starts a fetch from the next column; a
+        fragment that fails verification is reported against its peer.
+        """
         seg = layout.segments[index]
         got: dict[int, bytes] = {}
         errors: list[str] = []
-        columns = iter(range(layout.n))
+        order = iter(columns)
 
         async with trio.open_nursery() as nursery:
 
             def launch_next() -> None:
-                for col in columns:
+                for col in order:
                     nursery.start_soon(fetch, col)
                     return
 
@@ -192,9 +207,11 @@ class PackStore:
                     client = await self.net.client(peers[col])
                     data = await client.get_fragment(seg.fragment_ids[col], verify=True)
                     if len(data) != layout.fragment_length(index):
-                        raise TransportError("fragment has the wrong length")
+                        raise RemoteError("corrupt", "fragment has the wrong length")
                 except (TransportError, NotEnoughPeers) as exc:
                     errors.append(f"fragment {col}: {exc}")
+                    if isinstance(exc, RemoteError) and exc.code == "corrupt":
+                        nursery.start_soon(self.report, peers[col], False)
                     launch_next()
                     return
                 self.stats.fragment_bytes_received += len(data)
@@ -209,6 +226,20 @@ class PackStore:
                 f"not enough peers: got {len(got)} of the {layout.k} fragments needed "
                 f"({'; '.join(errors[-3:])}); bring peers back or wait for repair"
             )
-        data = await trio.to_thread.run_sync(decode_segment, got, layout.k, layout.n, seg.length)
+        return got
+
+    async def report(self, peer: bytes, ok: bool) -> None:
+        """Tell the coordinator how a peer did (best effort: reputation is advisory)."""
+        try:
+            await self.net.coordinator.report_audit(peer, ok)
+        except TransportError as exc:
+            log.info("could not report an audit outcome: %s", exc)
+
+    async def _segment(self, key: bytes, layout: PackLayout, peers: tuple[bytes, ...], index: int) -> bytes:
+        cached = self._segments.get((key, index))
+        if cached is not None:
+            return cached[0]
+        got = await self.gather(layout, peers, index, range(layout.n))
+        data = await trio.to_thread.run_sync(decode_segment, got, layout.k, layout.n, layout.segments[index].length)
         self._segments.put((key, index), data, len(data))
         return data

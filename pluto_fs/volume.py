@@ -46,6 +46,7 @@ from .errors import NotEnoughPeers, PlutoError
 from .home import Home
 from .network import Network
 from .pack_io import PackStore, _LRU
+from .pack_log import PackLog
 from .packs import DEFAULT_PACK_SIZE, PackBuilder
 from .slot_replicas import SlotReplicas
 
@@ -291,7 +292,7 @@ async def open_volume(home: Home, coordinator: str | None = None) -> AsyncIterat
     async with open_pool(home.device_key()) as pool:
         net = Network(pool, coordinator or config.coordinator, timeout=config.request_timeout)
         slots = SlotReplicas(net, config.slot_replicas)
-        packs = PackStore(net, slots, keys.pack_key, config.k, config.n, config.happy)
+        packs = PackStore(net, slots, keys.pack_key, config.k, config.n, config.happy, log=PackLog(home.path / "packs.sqlite"))
         error: Exception | None = None
         async with trio.open_nursery() as nursery:
             volume = Volume(keys, net, slots, packs, nursery)

@@ -100,14 +100,20 @@ def decay_audit_weights(ok_w: float, fail_w: float, elapsed: float, half_life: f
     return ok_w * factor, fail_w * factor
 
 
+FAILURE_WEIGHT = 4.0  # a failed proof is evidence of loss or cheating; a pass only of luck so far
+
+
 def reputation_score(ok_w: float, fail_w: float) -> float:
     """Exponentially weighted ok-ratio with a uniform prior: 0.5 with no evidence.
 
     The +1/+2 prior keeps a peer with one lucky (or unlucky) audit away from
     the extremes, and forgetting pulls every score back towards 0.5, so both
-    old failures and old successes stop counting.
+    old failures and old successes stop counting. Failures weigh
+    FAILURE_WEIGHT times a success: a peer that lost half its fragments
+    scores about 1/(1+FAILURE_WEIGHT) and drops below the placement floor
+    within a few audits, instead of hovering at 0.5.
     """
-    return (ok_w + 1.0) / (ok_w + fail_w + 2.0)
+    return (ok_w + 1.0) / (ok_w + FAILURE_WEIGHT * fail_w + 2.0)
 
 
 def add_audit(ok_w: float, fail_w: float, elapsed: float, ok: bool, half_life: float = REPUTATION_HALF_LIFE) -> tuple[float, float]:

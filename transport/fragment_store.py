@@ -219,9 +219,12 @@ class FragmentStore:
         if size is None:
             raise RemoteError("not_found", "no such fragment here")
         builder = MerkleBuilder()
-        with open(self.fragment_path(frag_id), "rb") as f:
-            while block := f.read(1 << 20):
-                builder.update(block)
+        try:
+            with open(self.fragment_path(frag_id), "rb") as f:
+                while block := f.read(1 << 20):
+                    builder.update(block)
+        except FileNotFoundError:
+            raise RemoteError("not_found", "fragment file is missing on this peer") from None
         leaves = builder.leaves()
         if not 0 <= index < len(leaves):
             raise RemoteError("bad_request", f"leaf index must be below {len(leaves)}")

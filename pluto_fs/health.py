@@ -1,0 +1,283 @@
+"""Audits, repair and garbage collection of one user's packs.
+
+- Audit: for every fragment column of a pack, challenge the peer for a random
+  16 KiB leaf of each segment's fragment and check the Merkle path against the
+  fragment id the pack record keeps (no local copy needed). A timeout puts
+  the peer in containment: the same challenge is asked again, up to
+  CONTAINMENT_RETRIES times, before it counts as a failure. Outcomes go to
+  the coordinator, whose reputation scores decide placement.
+- Repair: a pack with fewer healthy columns than the threshold (k+1 by
+  default; `pluto check --repair` repairs anything below n) gets its missing
+  fragments rebuilt from any k and placed on new peers; the pack record is
+  re-signed with the new placement. Slots (folders, pack records) are
+  re-written to the peers that now rank highest for them.
+- GC: packs this user uploaded that no file refers to any more have their
+  fragments deleted (the peers give the space back).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from cryptree.caps import ReadCap, WriteCap
+from cryptree.dirnode import DirLink
+from cryptree.errors import CryptreeError
+from cryptree.filenode import FileRef
+from cryptree.merkle import leaf_count
+from cryptree.packrecord import Locator, PackRecord, pack_write_cap, seal_pack_record
+from transport.errors import RemoteError, RequestTimeout, TransportError
+
+from .errors import NotEnoughPeers, PlutoError
+from .packs import PackLayout, rebuild_fragments
+from .tree import Tree
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+CONTAINMENT_RETRIES = 2
+
+
+@dataclass
+class PackHealth:
+    """The state of one pack after an audit."""
+
+    record: ReadCap
+    nonce: bytes
+    seq: int
+    layout: PackLayout
+    peers: tuple[bytes, ...]
+    healthy: list[bool]
+
+    @property
+    def healthy_count(self) -> int:
+        """Columns whose peer proved it holds every fragment."""
+        return sum(self.healthy)
+
+
+@dataclass
+class CheckReport:
+    """What `pluto check` found and did."""
+
+    folders: int = 0
+    files: int = 0
+    packs: int = 0
+    fragments_checked: int = 0
+    fragments_failed: int = 0
+    packs_degraded: int = 0
+    packs_unreadable: int = 0
+    packs_repaired: int = 0
+    fragments_rebuilt: int = 0
+    slots_rewritten: int = 0
+    packs_collected: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Inventory:
+    """Everything reachable from a root: folder caps and pack locators."""
+
+    folders: list[ReadCap | WriteCap] = field(default_factory=list)
+    files: int = 0
+    packs: dict[bytes, Locator] = field(default_factory=dict)  # pack record writer -> one locator into it
+
+
+async def inventory(volume: Volume, root: WriteCap | ReadCap) -> Inventory:
+    """Walk the tree under `root` and collect every folder and every pack its files use."""
+    inv = Inventory()
+    tree = Tree(volume, root)
+    stack: list[WriteCap | ReadCap] = [root]
+    while stack:
+        cap = stack.pop()
+        inv.folders.append(cap)
+        directory = await volume.load_dir(cap, missing_ok=cap is root)
+        for entry in directory.entries:
+            if isinstance(entry.child, DirLink):
+                stack.append(tree._child_cap(cap, entry))
+            elif isinstance(entry.child, FileRef):
+                inv.files += 1
+                await _collect_file(volume, entry.child, entry.size, inv)
+    return inv
+
+
+async def _collect_file(volume: Volume, ref: FileRef, size: int, inv: Inventory) -> None:
+    manifest = ref.open(size)
+    levels = 0
+    while True:
+        for chunk in manifest.chunks:
+            loc = Locator.decode(chunk.locator)
+            inv.packs.setdefault(loc.record.writer, loc)
+        if not manifest.indirect or levels > 3:
+            return
+        from cryptree.filenode import decode_manifest
+
+        inner = b"".join([await volume._chunk(c) for c in manifest.chunks])
+        manifest = decode_manifest(inner)
+        levels += 1
+
+
+class Doctor:
+    """Audits and repairs the packs of one volume."""
+
+    def __init__(self, volume: Volume, rng: random.Random | None = None) -> None:
+        self.volume = volume
+        self.packs = volume.packs
+        self.net = volume.net
+        self.rng = rng or random.Random()
+
+    async def audit(self, loc: Locator, report: CheckReport | None = None) -> PackHealth:
+        """Challenge every fragment column of a pack once (with containment on timeouts)."""
+        seq, layout, peers = await self.packs.fetch_record(loc.record)
+        alive = {pid for pid, r in (await self.net.peers(refresh=True)).items() if r.alive}
+        healthy = [False] * layout.n
+
+        async def column(col: int) -> None:
+            if peers[col] not in alive:
+                return  # the coordinator has not heard from it: nothing to ask
+            ok = await self._challenge_column(layout, peers[col], col)
+            healthy[col] = ok
+            if report is not None:
+                report.fragments_checked += len(layout.segments)
+                report.fragments_failed += 0 if ok else 1
+            await self.packs.report(peers[col], ok)
+
+        async with trio.open_nursery() as nursery:
+            for col in range(layout.n):
+                nursery.start_soon(column, col)
+        return PackHealth(loc.record, loc.nonce, seq, layout, peers, healthy)
+
+    async def _challenge_column(self, layout: PackLayout, peer: bytes, col: int) -> bool:
+        for index, seg in enumerate(layout.segments):
+            length = layout.fragment_length(index)
+            leaf = self.rng.randrange(leaf_count(length))
+            for attempt in range(CONTAINMENT_RETRIES + 1):
+                try:
+                    client = await self.net.client(peer)
+                    if not await client.challenge(seg.fragment_ids[col], leaf, length):
+                        return False  # a wrong proof is a failure at once
+                    break
+                except (RequestTimeout, trio.TooSlowError):
+                    log.info("audit: peer timed out (attempt %d); asking the same challenge again", attempt + 1)
+                    continue
+                except (TransportError, NotEnoughPeers):
+                    return False
+            else:
+                return False
+        return True
+
+    async def repair(self, health: PackHealth, target: int | None = None) -> int:
+        """Rebuild unhealthy columns onto new peers until `target` (default n) are healthy.
+
+        Returns the number of fragments rebuilt. Only the owner can repair:
+        the new placement is signed with the pack's write key.
+        """
+        layout = health.layout
+        target = layout.n if target is None else target
+        missing = [c for c in range(layout.n) if not health.healthy[c]]
+        if not missing or health.healthy_count >= target:
+            return 0
+        good = [c for c in range(layout.n) if health.healthy[c]]
+        if len(good) < layout.k:
+            raise NotEnoughPeers(f"a pack has only {len(good)} healthy fragments of the {layout.k} needed; it cannot be rebuilt now")
+        holders = {health.peers[c] for c in good}
+        spares = await self.net.find_peers(len(missing), exclude=list(holders | set(health.peers)))
+        if not spares:
+            raise NotEnoughPeers("no spare peer to repair onto; add storage peers")
+        peers = list(health.peers)
+        rebuilt = 0
+        for col, spare in zip(missing, spares):
+            client = await self.net.client(spare.id)
+            for index in range(len(layout.segments)):
+                frags = await self.packs.gather(layout, health.peers, index, good)
+                fresh = await trio.to_thread.run_sync(lambda: rebuild_fragments(layout, index, frags, [col]))
+                await client.put_fragment(layout.segments[index].fragment_ids[col], fresh[col])
+                self.packs.stats.fragment_bytes_sent += len(fresh[col])
+                rebuilt += 1
+            peers[col] = spare.id
+        cap = pack_write_cap(self.volume.keys.pack_key, health.nonce)
+        if cap.writer != health.record.writer:
+            raise PlutoError("this pack belongs to another user; only its owner can repair it")
+        record = PackRecord(layout.to_dict(), tuple(peers))
+        await self.volume.slots.write(seal_pack_record(cap, health.seq + 1, record))
+        self.packs._records[cap.writer] = (layout, tuple(peers))
+        return rebuilt
+
+    async def rewrite_slot(self, writer: bytes) -> bool:
+        """Re-store the newest version of a slot on the peers that should hold it now."""
+        slot = await self.volume.slots.read(writer)
+        if slot is None:
+            return False
+        await self.volume.slots.write(slot)
+        return True
+
+    async def collect_garbage(self, referenced: set[bytes], min_age: float = 0.0) -> int:
+        """Delete the fragments of logged packs that nothing refers to; return packs collected."""
+        import time
+
+        log_ = self.packs.log
+        if log_ is None:
+            return 0
+        collected = 0
+        for writer, nonce, read_key, created in log_.all():
+            if writer in referenced or time.time() - created < min_age:
+                continue
+            try:
+                _, layout, peers = await self.packs.fetch_record(ReadCap("file", writer, read_key))
+            except (NotEnoughPeers, CryptreeError):
+                log_.remove(writer)  # the record itself is gone: nothing left to free
+                continue
+            for col, peer in enumerate(peers):
+                try:
+                    client = await self.net.client(peer)
+                    for seg in layout.segments:
+                        await client.delete_fragment(seg.fragment_ids[col])
+                except (TransportError, NotEnoughPeers) as exc:
+                    log.info("gc: could not reach a peer (%s); its space returns when it forgets unclaimed data", exc)
+            log_.remove(writer)
+            collected += 1
+        return collected
+
+
+async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = False, gc: bool = False,
+                gc_min_age: float = 3600.0, progress: Callable[[str], None] | None = None) -> CheckReport:
+    """Audit everything reachable from `root`; with `repair`, fix what is degraded; with `gc`, free what is unused."""
+    report = CheckReport()
+    inv = await inventory(volume, root)
+    report.folders, report.files, report.packs = len(inv.folders), inv.files, len(inv.packs)
+    doctor = Doctor(volume)
+    for i, loc in enumerate(inv.packs.values()):
+        if progress:
+            progress(f"auditing pack {i + 1}/{len(inv.packs)}")
+        try:
+            health = await doctor.audit(loc, report)
+        except (NotEnoughPeers, PlutoError) as exc:
+            report.packs_unreadable += 1
+            report.problems.append(str(exc))
+            continue
+        if health.healthy_count < health.layout.n:
+            report.packs_degraded += 1
+            if health.healthy_count < health.layout.k:
+                report.packs_unreadable += 1
+            if repair:
+                try:
+                    rebuilt = await doctor.repair(health)
+                except (NotEnoughPeers, PlutoError, TransportError) as exc:
+                    report.problems.append(f"repair failed: {exc}")
+                    continue
+                if rebuilt:
+                    report.packs_repaired += 1
+                    report.fragments_rebuilt += rebuilt
+    if repair and isinstance(root, WriteCap):
+        for cap in inv.folders:
+            if await doctor.rewrite_slot(cap.writer):
+                report.slots_rewritten += 1
+        for writer in inv.packs:
+            if await doctor.rewrite_slot(writer):
+                report.slots_rewritten += 1
+    if gc:
+        report.packs_collected = await doctor.collect_garbage(set(inv.packs), gc_min_age)
+    return report
