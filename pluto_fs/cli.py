@@ -76,6 +76,17 @@ async def _until_signal(fn, *args) -> None:
         nursery.cancel_scope.cancel()
 
 
+def _owner(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    from transport.peer_id import parse_peer_id
+
+    try:
+        return parse_peer_id(text)
+    except ValueError as exc:
+        raise UsageError(f"--owner: {exc}; use the device id `pluto status` prints") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """`pluto serve`: run a storage peer."""
     from transport.storage_peer import PeerConfig, run_storage_peer
@@ -91,6 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         client_quota=args.client_quota,
         handshake_timeout=args.handshake_timeout,
+        owner=_owner(args.owner),
     )
 
     async def main() -> None:
@@ -114,7 +126,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            limits = CoordinatorLimits(audit_report_interval=args.audit_report_interval)
+            limits = CoordinatorLimits(audit_report_interval=args.audit_report_interval, exchange_grace=args.grace)
             started = await nursery.start(
                 lambda task_status: run_coordinator(
                     Path(args.data), host, port, heartbeat_interval=args.heartbeat, limits=limits,
@@ -149,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", type=_address, metavar="HOST:PORT", help="address clients should dial, if not --listen")
     p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS", help="heartbeat interval (default 30)")
     p.add_argument("--client-quota", type=_size, metavar="SIZE", help="most one client may store (default: capacity)")
+    p.add_argument("--owner", metavar="DEVICE_ID",
+                   help="device id of the user whose storage this peer earns (see `pluto status`)")
     p.add_argument("--handshake-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="drop connections that do not finish the handshake in time (default 10)")
     p.set_defaults(func=cmd_serve)
@@ -157,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT", help="address to listen on")
     p.add_argument("--data", required=True, metavar="DIR", help="directory for the coordinator's state")
     p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS", help="expected peer heartbeat interval")
+    p.add_argument("--grace", type=_size, default=1 << 30, metavar="SIZE",
+                   help="raw bytes a user may store before offering space of their own (default 1G)")
     p.add_argument("--audit-report-interval", type=_seconds, default=10.0, metavar="SECONDS",
                    help="count at most one audit report per client and peer in this interval (default 10)")
     p.set_defaults(func=cmd_coordinator)

@@ -116,18 +116,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     info = _status_file(home)
     mount_alive = bool(info) and _alive(info.get("pid", 0))
 
-    async def peers() -> list:
+    async def peers() -> tuple[list, object]:
         from transport.coordinator_client import CoordinatorClient
         from transport.pool import open_pool
 
         async with open_pool(home.device_key()) as pool:
-            return await CoordinatorClient.from_pool(pool, config.coordinator).list_peers()
+            coordinator = CoordinatorClient.from_pool(pool, config.coordinator)
+            return await coordinator.list_peers(), await coordinator.allowance()
 
     try:
-        records = trio.run(peers)
+        records, allowance = trio.run(peers)
         peer_error = None
     except Exception as exc:  # the status must show even with the coordinator down
-        records, peer_error = [], str(exc)
+        records, allowance, peer_error = [], None, str(exc)
     alive = [p for p in records if p.alive]
     status = {
         "mounted": mount_alive,
@@ -140,6 +141,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         "peers_alive": len(alive),
         "k": config.k,
         "n": config.n,
+        "device_id": home.device_id(),
+        "exchange": None if allowance is None else {
+            "offered": allowance.offered, "grace": allowance.grace,
+            "allowed": allowance.allowed, "used": allowance.used,
+        },
         "coordinator_error": peer_error,
         "peers": [{"id": p.id.hex(), "address": p.address, "alive": p.alive, "uptime": p.uptime,
                    "reputation": p.reputation, "free": p.free} for p in records],
@@ -163,6 +169,11 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{status['pending_folders']} folders waiting  {_bar(sent, sent + pend)}")
     else:
         print("not mounted (nothing uploading)")
+    print(f"device id: {status['device_id']}  (give it to `pluto serve --owner` to earn space)")
+    if allowance is not None:
+        print(f"storage exchange: offered {format_size(allowance.offered)}, "
+              f"allowed {format_size(allowance.allowed)} (incl. {format_size(allowance.grace)} grace), "
+              f"used {format_size(allowance.used)} {_bar(allowance.used, allowance.allowed)}  (raw bytes on peers)")
     if peer_error:
         print(f"coordinator unreachable: {peer_error}")
     else:
@@ -212,14 +223,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _check_mountpoint(mountpoint)
     if not 1 <= args.peers <= 32:
         raise HomeError("--peers must be from 1 to 32")
-    grid = LocalGrid(state / "grid", peers=args.peers, capacity=args.capacity, heartbeat=2.0, log_level="warning")
+    home = Home(state / "home")
+    grid = LocalGrid(state / "grid", peers=args.peers, capacity=args.capacity, heartbeat=2.0, log_level="warning",
+                     owner=home.device_id())
     try:
         grid.start()
     except GridError as exc:
         grid.stop()
         raise PlutoError(str(exc)) from None
     try:
-        home = Home(state / "home")
         k, n = min(3, args.peers), min(5, args.peers)
         if not home.exists():
             seed = new_seed()

@@ -19,3 +19,7 @@ class HomeError(PlutoError):
 
 class ConflictError(PlutoError):
     """Someone else changed the same directory at the same time."""
+
+
+class QuotaExceeded(PlutoError):
+    """The storage exchange (or a peer's quota) does not allow storing more."""

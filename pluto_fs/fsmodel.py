@@ -40,7 +40,7 @@ from cryptree.dirnode import (
 )
 from cryptree.filenode import FileContent, FileRef, InlineData, decode_content, encode_content
 
-from .errors import ConflictError, PlutoError
+from .errors import ConflictError, PlutoError, QuotaExceeded
 from .journal import Journal
 from .volume import Volume
 
@@ -131,6 +131,7 @@ class FsModel:
         self._journal_dirs = {w: (cap, seq, state) for w, cap, seq, state in journal.dirs()}
         self._pending_files = journal.pending_files()
         self.changed = trio.Event()  # set on every change: wakes the background flusher
+        self.allowance: tuple[int, int] | None = None  # storage exchange (allowed, used) raw bytes, if known
         self._drop_stale_cache()
 
     # ---- inodes ------------------------------------------------------------------
@@ -362,6 +363,24 @@ class FsModel:
                         f.write(await self.volume._chunk(ref))
         node.cache_id = cache_id
         return path
+
+    def check_space(self, growth: int) -> None:
+        """ENOSPC now, at write time, if the storage exchange cannot take `growth` more bytes.
+
+        Pending local bytes count at their stored cost (n/k times their size):
+        the check errs on the side of refusing a little early rather than
+        accepting data that can never be uploaded.
+        """
+        if growth <= 0 or self.allowance is None:
+            return
+        allowed, used = self.allowance
+        expansion = self.volume.packs.n / self.volume.packs.k
+        pending = sum(f.size for f in self.dirty_files if f.parent is not None)
+        if used + (pending + growth) * expansion > allowed:
+            raise QuotaExceeded(
+                f"storage exchange: {used} of {allowed} bytes used; offer more space (pluto serve --owner) "
+                "or delete files"
+            )
 
     def mark_written(self, node: FileNode) -> None:
         """The local copy changed: schedule an upload and keep the journal able to resume it."""

@@ -24,7 +24,7 @@ from cryptree.dirnode import MAX_NAME_BYTES
 from cryptree.errors import CryptreeError
 from transport.errors import TransportError
 
-from .errors import PlutoError
+from .errors import PlutoError, QuotaExceeded
 from .fsmodel import DirNode, FileNode, FsModel, Node, SymlinkNode, mode_of, now_ns
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
                 return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
+        except QuotaExceeded as exc:
+            log.warning("%s refused: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(errno.ENOSPC) from None
         except trio.TooSlowError:
             log.warning("%s: no answer from the network within %g s", fn.__name__, self.op_timeout)
             raise pyfuse3.FUSEError(errno.ETIMEDOUT) from None
@@ -182,6 +185,7 @@ class PlutoOperations(pyfuse3.Operations):
         if fields.update_size:
             if not isinstance(node, FileNode):
                 raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, DirNode) else errno.EINVAL)
+            self.model.check_space(max(0, attr.st_size - node.size))
             path = await self.model.materialize(node, truncate=attr.st_size == 0)
             os.truncate(path, attr.st_size)
             node.size = attr.st_size
@@ -402,6 +406,7 @@ class PlutoOperations(pyfuse3.Operations):
         h = self._handles[fh]
         if not h.writable or h.fd is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        self.model.check_space(max(0, off + len(buf) - h.node.size))
         written = os.pwrite(h.fd, buf, off)
         node = h.node
         node.size = max(node.size, off + written)

@@ -134,3 +134,11 @@ class Home:
     def device_key(self) -> bytes:
         """This device's transport private key (created on first use)."""
         return bytes(load_or_create_key(self.path / "device.key"))
+
+    def device_id(self) -> str:
+        """This device's peer id (what `pluto serve --owner` takes)."""
+        from nacl.public import PrivateKey
+
+        from transport.peer_id import peer_id_text
+
+        return peer_id_text(bytes(PrivateKey(self.device_key()).public_key))

@@ -110,6 +110,8 @@ class LocalGrid:
     heartbeat: float = 1.0
     log_level: str = "info"
     audit_report_interval: float = 10.0
+    owner: str | None = None  # device id whose storage-exchange allowance the peers raise
+    grace: str = "1G"
     coordinator: GridProcess | None = None
     storage: list[GridProcess] = field(default_factory=list)
 
@@ -120,7 +122,7 @@ class LocalGrid:
             "coordinator",
             _pluto("--log-level", self.log_level, "coordinator", "--listen", "127.0.0.1:0",
                    "--data", str(self.root / "coordinator"), "--heartbeat", str(self.heartbeat),
-                   "--audit-report-interval", str(self.audit_report_interval)),
+                   "--audit-report-interval", str(self.audit_report_interval), "--grace", self.grace),
             self.root / "coordinator.log",
         )
         self.coordinator.start()
@@ -130,11 +132,12 @@ class LocalGrid:
         return self
 
     def _peer_process(self, i: int, port: int) -> GridProcess:
+        owner = ["--owner", self.owner] if self.owner else []
         return GridProcess(
             f"peer{i}",
             _pluto("--log-level", self.log_level, "serve", "--store", str(self.root / f"peer{i}"),
                    "--capacity", self.capacity, "--listen", f"127.0.0.1:{port}",
-                   "--coordinator", self.coordinator.address, "--heartbeat", str(self.heartbeat)),
+                   "--coordinator", self.coordinator.address, "--heartbeat", str(self.heartbeat), *owner),
             self.root / f"peer{i}.log",
         )
 

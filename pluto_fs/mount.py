@@ -20,6 +20,8 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from transport.errors import TransportError
+
 from .errors import PlutoError
 from .fsmodel import FsModel
 from .fuse_ops import PlutoOperations
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 IDLE_UPLOAD_AFTER = 2.0  # seconds a file open for writing must be quiet before it uploads anyway
 PUBLISH_EVERY = 0.5  # seconds between write-back rounds
+ALLOWANCE_REFRESH = 3.0  # seconds between storage-exchange refreshes
 UPLOAD_BATCH = 2000  # files per write-back round (bounds how long a round holds back folder publishing)
 
 
@@ -96,6 +99,17 @@ def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path) 
     os.replace(tmp, pid_file(home))
 
 
+async def _allowance_loop(model: FsModel, volume: Volume) -> None:
+    """Keep the storage-exchange figures fresh so writes can be refused (ENOSPC) at once."""
+    while True:
+        try:
+            a = await volume.net.coordinator.allowance()
+            model.allowance = (a.allowed, a.used)
+        except TransportError as exc:
+            log.info("storage exchange figures unavailable: %s", exc)
+        await trio.sleep(ALLOWANCE_REFRESH)
+
+
 async def _status_loop(home: Home, model: FsModel, volume: Volume, mountpoint: Path) -> None:
     while True:
         _write_status(home, model, volume, mountpoint)
@@ -123,6 +137,7 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_write_back, model)
                     nursery.start_soon(_status_loop, home, model, volume, opts.mountpoint)
+                    nursery.start_soon(_allowance_loop, model, volume)
 
                     async def stop_on_signal() -> None:
                         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

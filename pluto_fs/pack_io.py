@@ -27,7 +27,7 @@ from cryptree.packrecord import Locator, PackRecord, open_pack_record, pack_writ
 from transport.errors import RemoteError, TransportError
 
 from .erasure import decode_segment
-from .errors import NotEnoughPeers
+from .errors import NotEnoughPeers, QuotaExceeded
 from .network import Network
 from .pack_log import PackLog
 from .packs import LayoutError, PackLayout, encode_pack, read_range
@@ -104,6 +104,7 @@ class PackStore:
                 "start more peers or wait for them to come back"
             )
         tried: set[bytes] = {p.id for p in found}
+        refusals: list[str] = []
         columns: list[bytes | None] = [p.id for p in found] + [None] * (self.n - len(found))
         placed = [False] * self.n
 
@@ -120,6 +121,12 @@ class PackStore:
                         columns[i] = peer
                         placed[i] = True
                         return
+                    except RemoteError as exc:
+                        if exc.code in ("quota", "full"):
+                            refusals.append(exc.message)
+                            if exc.code == "quota":
+                                return  # the exchange limit is ours, not the peer's: others say the same
+                        log.warning("placing fragment column %d failed: %s; trying another peer", i, exc)
                     except (TransportError, NotEnoughPeers) as exc:
                         log.warning("placing fragment column %d failed: %s; trying another peer", i, exc)
                 spare = await self.net.find_peers(1, exclude=list(tried))
@@ -131,6 +138,8 @@ class PackStore:
         async with trio.open_nursery() as nursery:
             for i in range(self.n):
                 nursery.start_soon(place_column, i)
+        if sum(placed) < self.happy and refusals:
+            raise QuotaExceeded(f"no space to store more: {refusals[0]}")
         if sum(placed) < self.happy:
             raise NotEnoughPeers(
                 f"stored only {sum(placed)} of {self.n} fragments of a pack ({self.happy} needed); "

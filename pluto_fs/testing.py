@@ -98,13 +98,20 @@ class MountedVolume:
             self.grid.stop()
 
 
-def start_mounted_volume(root: Path, peers: int = 5, timeout: float = 30.0) -> MountedVolume:
-    """Grid + fresh identity + mount, ready for use."""
+def start_mounted_volume(root: Path, peers: int = 5, timeout: float = 30.0, own_peers: bool = True,
+                         grace: str = "1G", capacity: str = "4G") -> MountedVolume:
+    """Grid + fresh identity + mount, ready for use.
+
+    With `own_peers`, the grid's peers count as this user's (their capacity is
+    its storage-exchange allowance); otherwise it lives on `grace` alone.
+    """
     root.mkdir(parents=True, exist_ok=True)
-    grid = LocalGrid(root / "grid", peers=peers, capacity="4G", heartbeat=0.5)
+    home = Home(root / "home")
+    # The peers are this user's own: their capacity is what the storage exchange lets it store.
+    grid = LocalGrid(root / "grid", peers=peers, capacity=capacity, heartbeat=0.5,
+                     owner=home.device_id() if own_peers else None, grace=grace)
     grid.start()
     try:
-        home = Home(root / "home")
         home.create(new_seed(), Config(coordinator=grid.coordinator.address))
         _wait_for_placement(home, peers)
         # The mountpoint sits outside `root` in a world-traversable directory, so tests that

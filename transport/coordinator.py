@@ -156,6 +156,8 @@ class CoordinatorLimits:
     uptime_floor: float = 0.5
     uptime_grace_heartbeats: float = 100.0  # judge uptime only after this many expected heartbeats
     maintenance_every: float = 60.0
+    exchange_grace: int = 1 << 30  # raw bytes a client may store before offering any space itself
+    usage_report_max: int = 10_000  # clients one heartbeat may report usage for
 
 
 # ---- storage ---------------------------------------------------------------
@@ -180,6 +182,18 @@ CREATE TABLE IF NOT EXISTS peers (
     fail_w REAL NOT NULL DEFAULT 0,
     rep_at REAL NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (     -- storage exchange: whose allowance a peer's capacity raises
+    peer BLOB PRIMARY KEY,
+    owner BLOB NOT NULL                -- the owning client's device key
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS owners_owner ON owners(owner);
+CREATE TABLE IF NOT EXISTS usage (      -- raw bytes each client stores on each peer, as the peer reports
+    peer BLOB NOT NULL,
+    client BLOB NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (peer, client)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_client ON usage(client);
 CREATE TABLE IF NOT EXISTS users (
     username TEXT PRIMARY KEY,
     public_key BLOB NOT NULL,
@@ -213,6 +227,21 @@ _PEER_COLUMNS = (
 
 def _bad(message: str) -> RemoteError:
     return RemoteError("bad_request", message)
+
+
+def _get_usage(args: dict, max_items: int) -> list[tuple[bytes, int]] | None:
+    """Optional per-client usage report: [[client key (32 bytes), bytes], ...]."""
+    raw = args.get("clients")
+    if raw is None:
+        return None
+    items = get_list(args, "clients", max_len=max_items)
+    out = []
+    for item in items:
+        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], bytes) or len(item[0]) != 32
+                or type(item[1]) is not int or not 0 <= item[1] < 2**62):
+            raise _bad("clients must be a list of [32-byte key, bytes] pairs")
+        out.append((item[0], item[1]))
+    return out
 
 
 def _get_seconds(args: dict, name: str, *, low: float, high: float, default: float) -> float:
@@ -373,8 +402,13 @@ class Coordinator(RpcService):
         peer = ctx.remote_key
         now = time.time()
         peers_max = self.limits.peers_max
+        owner = get_bytes(args, "owner", size=32) if args.get("owner") is not None else None
 
         def write(conn: sqlite3.Connection) -> None:
+            if owner is not None:
+                conn.execute("INSERT OR REPLACE INTO owners(peer, owner) VALUES (?, ?)", (peer, owner))
+            else:
+                conn.execute("DELETE FROM owners WHERE peer = ?", (peer,))
             row = conn.execute("SELECT last_counted FROM peers WHERE id = ?", (peer,)).fetchone()
             if row is None:
                 (count,) = conn.execute("SELECT COUNT(*) FROM peers").fetchone()
@@ -401,10 +435,15 @@ class Coordinator(RpcService):
         """Record that the caller is alive with `free` and `used` bytes."""
         free = get_int(args, "free")
         used = get_int(args, "used")
+        clients = _get_usage(args, self.limits.usage_report_max)
         peer = ctx.remote_key
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> float:
+            if clients is not None:
+                conn.execute("DELETE FROM usage WHERE peer = ?", (peer,))
+                conn.executemany("INSERT OR REPLACE INTO usage(peer, client, bytes) VALUES (?, ?, ?)",
+                                 [(peer, c, b) for c, b in clients])
             row = conn.execute(
                 "SELECT heartbeat_interval, last_counted, capacity FROM peers WHERE id = ?", (peer,)
             ).fetchone()
@@ -425,6 +464,30 @@ class Coordinator(RpcService):
 
         interval = await self.db.run(write)
         return {"heartbeat_interval": interval}
+
+    async def rpc_allowance(self, ctx: CallContext, args: dict) -> dict:
+        """Storage exchange: what `client` (default: the caller) offers, may store and stores (raw bytes).
+
+        offered = capacity of the client's own peers that are alive and not
+        suspended; allowed = offered + a grace for newcomers; used = what
+        peers last reported storing for it.
+        """
+        client = get_bytes(args, "client", size=32) if args.get("client") is not None else ctx.remote_key
+        now = time.time()
+        alive_intervals = self.limits.alive_intervals
+
+        def read(conn: sqlite3.Connection) -> tuple[int, int]:
+            offered = conn.execute(
+                "SELECT COALESCE(SUM(p.capacity), 0) FROM owners o JOIN peers p ON p.id = o.peer"
+                " WHERE o.owner = ? AND p.suspended = 0 AND p.last_seen >= ? - ? * p.heartbeat_interval",
+                (client, now, alive_intervals),
+            ).fetchone()[0]
+            used = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM usage WHERE client = ?", (client,)).fetchone()[0]
+            return offered, used
+
+        offered, used = await self.db.run(read)
+        grace = self.limits.exchange_grace
+        return {"offered": offered, "grace": grace, "allowed": offered + grace, "used": used}
 
     async def _candidate_rows(self, min_free: int, now: float) -> list[dict[str, Any]]:
         alive_intervals = self.limits.alive_intervals

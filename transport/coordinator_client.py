@@ -47,6 +47,16 @@ class FoundPeer:
 
 
 @dataclass(frozen=True)
+class Allowance:
+    """Storage exchange, in raw bytes on peers (user data costs n/k times its size)."""
+
+    offered: int
+    grace: int
+    allowed: int
+    used: int
+
+
+@dataclass(frozen=True)
 class PeerLocation:
     """Where a known peer is, and whether it is heartbeating."""
 
@@ -155,18 +165,33 @@ class CoordinatorClient:
         return _check(get_str, _dict(await self._call("ping", {})), "peer_id", max_len=128)
 
     async def register(
-        self, address: str, capacity: int, free: int, heartbeat_interval: float | None = None
+        self, address: str, capacity: int, free: int, heartbeat_interval: float | None = None,
+        owner: bytes | None = None,
     ) -> float:
-        """Register this device's transport key as a peer at `address`; returns the heartbeat interval to use."""
+        """Register this device's transport key as a peer at `address`; returns the heartbeat interval to use.
+
+        `owner` is the device key of the user whose storage-exchange allowance this peer's capacity raises.
+        """
         args: dict[str, Any] = {"address": address, "capacity": capacity, "free": free}
         if heartbeat_interval is not None:
             args["heartbeat_interval"] = heartbeat_interval
+        if owner is not None:
+            args["owner"] = owner
         answer = _dict(await self._call("register", args))
         return _interval(answer)
 
-    async def heartbeat(self, free: int, used: int) -> float:
-        """Report liveness and space; returns the heartbeat interval to keep."""
-        return _interval(_dict(await self._call("heartbeat", {"free": free, "used": used})))
+    async def heartbeat(self, free: int, used: int, clients: list[tuple[bytes, int]] | None = None) -> float:
+        """Report liveness, space and (optionally) raw bytes stored per client; returns the interval to keep."""
+        args: dict[str, Any] = {"free": free, "used": used}
+        if clients is not None:
+            args["clients"] = [[c, b] for c, b in clients]
+        return _interval(_dict(await self._call("heartbeat", args)))
+
+    async def allowance(self, client: bytes | None = None) -> Allowance:
+        """Storage exchange figures (raw bytes) for `client`, default this device."""
+        args = {} if client is None else {"client": client}
+        answer = _dict(await self._call("allowance", args))
+        return Allowance(*(_check(get_int, answer, name) for name in ("offered", "grace", "allowed", "used")))
 
     async def find_peers(self, n: int, exclude: Iterable[bytes] = (), min_free: int = 1) -> list[FoundPeer]:
         """Up to `n` distinct eligible peers, none of them in `exclude` (may be fewer)."""

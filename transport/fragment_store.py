@@ -139,6 +139,16 @@ class FragmentStore:
             total, mine = _totals(self.db.conn, client)
         return Usage(self.capacity, total + self._reserved, mine, self.client_quota)
 
+    def client_usage(self, limit: int = 10_000) -> list[tuple[bytes, int]]:
+        """Raw bytes held per client (fragments claimed + slots), largest first."""
+        with self.db._lock:
+            rows = self.db.conn.execute(
+                "SELECT client, SUM(n) FROM (SELECT client, size AS n FROM claims"
+                " UNION ALL SELECT client, LENGTH(payload) AS n FROM slots) GROUP BY client ORDER BY 2 DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(bytes(c), int(n)) for c, n in rows if len(bytes(c)) == 32]
+
     def fragment_count(self) -> int:
         """Number of distinct fragments held."""
         with self.db._lock:

@@ -31,6 +31,7 @@ from .server import RpcService, serve_rpc
 log = logging.getLogger(__name__)
 
 _WRITE_BATCH = 1 << 20  # bytes gathered before one write call in a worker thread
+ALLOWANCE_TTL = 5.0  # seconds a client's exchange figures from the coordinator are trusted
 
 
 class StoragePeer(RpcService):
@@ -41,6 +42,36 @@ class StoragePeer(RpcService):
     def __init__(self, store: FragmentStore, peer_id: str) -> None:
         self.store = store
         self.peer_id = peer_id
+        self.coordinator: CoordinatorClient | None = None  # set while registered: enables the exchange check
+        self._allowances: dict[bytes, tuple[float, int, int]] = {}  # client -> (expires, allowed, used)
+
+    async def check_exchange(self, client: bytes, size: int) -> None:
+        """Storage exchange: refuse a client that would exceed what it earned by offering space.
+
+        The coordinator's figures lag by a heartbeat, so bytes accepted here
+        since the last answer are added. An unreachable coordinator does not
+        stop storage (the per-client quota still applies): failing closed
+        would turn a coordinator outage into a network-wide write outage.
+        """
+        if self.coordinator is None:
+            return
+        now = trio.current_time()
+        cached = self._allowances.get(client)
+        if cached is None or cached[0] < now:
+            try:
+                allowance = await self.coordinator.allowance(client)
+            except TransportError as exc:
+                log.info("exchange check skipped, coordinator unreachable: %s", exc)
+                return
+            cached = (now + ALLOWANCE_TTL, allowance.allowed, allowance.used)
+        expires, allowed, used = cached
+        if used + size > allowed:
+            raise RemoteError(
+                "quota",
+                f"storage exchange: you store {used} of the {allowed} bytes you earned; "
+                "offer more space with `pluto serve --owner <your device id>` or delete files",
+            )
+        self._allowances[client] = (expires, allowed, used + size)
 
     async def rpc_ping(self, ctx: CallContext, args: dict) -> dict:
         """Liveness check; returns this peer's id."""
@@ -61,6 +92,8 @@ class StoragePeer(RpcService):
         """Receive a fragment streamed after the request; keep it only if it matches its id."""
         frag_id = get_bytes(args, "id", size=32)
         size = get_int(args, "size", high=FRAGMENT_MAX)
+        if self.store.has_fragment(frag_id) is None:
+            await self.check_exchange(ctx.remote_key, size)
         self.store.reserve(ctx.remote_key, size)
         upload = self.store.open_upload()
         try:
@@ -146,6 +179,7 @@ class PeerConfig:
     heartbeat_interval: float = 30.0
     advertise: str | None = None  # address others should dial, when it differs from host:port
     client_quota: int | None = None
+    owner: bytes | None = None  # device key of the user this peer's capacity earns storage for
     handshake_timeout: float = HANDSHAKE_TIMEOUT
 
 
@@ -161,13 +195,17 @@ async def _coordinator_loop(cfg: PeerConfig, peer: StoragePeer, key: bytes, addr
         while True:
             try:
                 use = peer.store.usage(b"")
-                interval = await coordinator.register(address, cfg.capacity, use.free, cfg.heartbeat_interval)
+                interval = await coordinator.register(
+                    address, cfg.capacity, use.free, cfg.heartbeat_interval, owner=cfg.owner
+                )
                 log.info("registered with coordinator %s as %s", cfg.coordinator, address)
+                peer.coordinator = coordinator
                 backoff = 1.0
                 while True:
                     await trio.sleep(interval)
                     use = peer.store.usage(b"")
-                    interval = await coordinator.heartbeat(use.free, use.used)
+                    clients = await trio.to_thread.run_sync(peer.store.client_usage)
+                    interval = await coordinator.heartbeat(use.free, use.used, clients)
             except TransportError as exc:
                 log.warning("coordinator %s: %s; retrying in %.0f s", cfg.coordinator, exc, backoff)
                 await pool.forget(cfg.coordinator)
