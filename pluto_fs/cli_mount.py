@@ -137,6 +137,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "pending_bytes": info.get("pending_bytes", 0) if mount_alive else 0,
         "pending_folders": info.get("pending_folders", 0) if mount_alive else 0,
         "uploaded_bytes": info.get("uploaded_bytes", 0) if mount_alive else 0,
+        "health": info.get("health", {}) if mount_alive else {},
         "peers_total": len(records),
         "peers_alive": len(alive),
         "k": config.k,
@@ -167,6 +168,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         sent = status["uploaded_bytes"]
         print(f"uploading: {status['pending_files']} files ({format_size(pend)}), "
               f"{status['pending_folders']} folders waiting  {_bar(sent, sent + pend)}")
+        h = status["health"]
+        if h.get("running"):
+            print(f"repair: {h.get('progress', '')}")
+        elif h.get("last_check"):
+            print(f"last audit: {time.strftime('%H:%M:%S', time.localtime(h['last_check']))}, "
+                  f"{h.get('degraded', 0)} degraded and {h.get('unreadable', 0)} unreadable packs in the sample, "
+                  f"{h.get('repaired', 0)} repaired since mount")
     else:
         print("not mounted (nothing uploading)")
     print(f"device id: {status['device_id']}  (give it to `pluto serve --owner` to earn space)")

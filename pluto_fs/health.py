@@ -243,15 +243,24 @@ class Doctor:
 
 
 async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = False, gc: bool = False,
-                gc_min_age: float = 3600.0, progress: Callable[[str], None] | None = None) -> CheckReport:
-    """Audit everything reachable from `root`; with `repair`, fix what is degraded; with `gc`, free what is unused."""
+                gc_min_age: float = 3600.0, progress: Callable[[str], None] | None = None,
+                repair_below: int | None = None, sample: int | None = None) -> CheckReport:
+    """Audit everything reachable from `root`; with `repair`, fix what is degraded; with `gc`, free what is unused.
+
+    `repair_below`: repair only packs with fewer healthy fragments than this
+    (the background repairer uses k+1; by default anything below n).
+    `sample`: audit only this many packs, chosen at random (background rounds).
+    """
     report = CheckReport()
     inv = await inventory(volume, root)
     report.folders, report.files, report.packs = len(inv.folders), inv.files, len(inv.packs)
     doctor = Doctor(volume)
-    for i, loc in enumerate(inv.packs.values()):
+    chosen = list(inv.packs.values())
+    if sample is not None and sample < len(chosen):
+        chosen = doctor.rng.sample(chosen, sample)
+    for i, loc in enumerate(chosen):
         if progress:
-            progress(f"auditing pack {i + 1}/{len(inv.packs)}")
+            progress(f"auditing pack {i + 1}/{len(chosen)}")
         try:
             health = await doctor.audit(loc, report)
         except (NotEnoughPeers, PlutoError) as exc:
@@ -262,7 +271,8 @@ async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = Fals
             report.packs_degraded += 1
             if health.healthy_count < health.layout.k:
                 report.packs_unreadable += 1
-            if repair:
+            below = health.layout.n if repair_below is None else repair_below
+            if repair and health.healthy_count < below:
                 try:
                     rebuilt = await doctor.repair(health)
                 except (NotEnoughPeers, PlutoError, TransportError) as exc:

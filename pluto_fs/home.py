@@ -40,6 +40,7 @@ class Config:
     happy: int = 4  # fragments of each segment that must be placed before data counts as stored
     slot_replicas: int = 5
     request_timeout: float = 10.0
+    audit_interval: float = 600.0  # seconds between background audit/repair rounds of a mount
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -56,6 +57,8 @@ class Config:
             raise HomeError("config: slot_replicas must be from 1 to 64")
         if not (isinstance(self.request_timeout, (int, float)) and 0.1 <= self.request_timeout <= 600):
             raise HomeError("config: request_timeout must be from 0.1 to 600 seconds")
+        if not (isinstance(self.audit_interval, (int, float)) and 1 <= self.audit_interval <= 7 * 86400):
+            raise HomeError("config: audit_interval must be from 1 second to 7 days")
 
 
 def _write_private(path: Path, data: bytes) -> None:

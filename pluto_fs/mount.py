@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 IDLE_UPLOAD_AFTER = 2.0  # seconds a file open for writing must be quiet before it uploads anyway
 PUBLISH_EVERY = 0.5  # seconds between write-back rounds
+HEALTH_SAMPLE = 32  # packs audited per background round
 ALLOWANCE_REFRESH = 3.0  # seconds between storage-exchange refreshes
 UPLOAD_BATCH = 2000  # files per write-back round (bounds how long a round holds back folder publishing)
 
@@ -79,7 +80,7 @@ async def _write_back(model: FsModel) -> None:
             await trio.sleep(2)
 
 
-def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path) -> None:
+def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, health: dict | None = None) -> None:
     files, size, dirs = model.pending()
     stats = volume.packs.stats
     status = {
@@ -93,10 +94,31 @@ def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path) 
         "downloaded_bytes": stats.fragment_bytes_received,
         "packs_uploaded": stats.packs_uploaded,
         "chunk_bytes_packed": stats.chunk_bytes_packed,
+        "health": health or {},
     }
     tmp = pid_file(home).with_suffix(".tmp")
     tmp.write_text(json.dumps(status))
     os.replace(tmp, pid_file(home))
+
+
+async def _health_loop(model: FsModel, volume: Volume, interval: float, state: dict) -> None:
+    """Background auditor and repairer: every `interval`, audit a sample of packs and repair
+    those below the threshold (k+1 healthy fragments)."""
+    from .health import check
+
+    while True:
+        await trio.sleep(interval)
+        state.update(running=True, progress="starting")
+        try:
+            report = await check(volume, volume.keys.root, repair=True, repair_below=volume.packs.k + 1,
+                                 sample=HEALTH_SAMPLE, progress=lambda msg: state.update(progress=msg))
+            state.update(last_check=time.time(), packs=report.packs, degraded=report.packs_degraded,
+                         unreadable=report.packs_unreadable, repaired=state.get("repaired", 0) + report.packs_repaired,
+                         problems=report.problems[:3])
+        except (PlutoError, TransportError) as exc:
+            log.warning("background audit failed, will retry: %s", exc)
+        finally:
+            state.update(running=False, progress="")
 
 
 async def _allowance_loop(model: FsModel, volume: Volume) -> None:
@@ -110,9 +132,9 @@ async def _allowance_loop(model: FsModel, volume: Volume) -> None:
         await trio.sleep(ALLOWANCE_REFRESH)
 
 
-async def _status_loop(home: Home, model: FsModel, volume: Volume, mountpoint: Path) -> None:
+async def _status_loop(home: Home, model: FsModel, volume: Volume, mountpoint: Path, health: dict) -> None:
     while True:
-        _write_status(home, model, volume, mountpoint)
+        _write_status(home, model, volume, mountpoint, health)
         await trio.sleep(1)
 
 
@@ -136,8 +158,10 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_write_back, model)
-                    nursery.start_soon(_status_loop, home, model, volume, opts.mountpoint)
+                    health: dict = {}
+                    nursery.start_soon(_status_loop, home, model, volume, opts.mountpoint, health)
                     nursery.start_soon(_allowance_loop, model, volume)
+                    nursery.start_soon(_health_loop, model, volume, home.config().audit_interval, health)
 
                     async def stop_on_signal() -> None:
                         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -173,3 +173,47 @@ def test_gc_releases_packs_nothing_refers_to(grid6: LocalGrid, tmp_path: Path) -
 
     trio.run(read_back)
     assert_same_tree(src, tmp_path / "out")
+
+
+def test_the_mount_repairs_in_the_background_and_shows_it_in_status(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from pluto_fs.testing import start_mounted_volume
+
+    vol = start_mounted_volume(tmp_path / "m", peers=7)
+    try:
+        config = vol.home.config()
+        config.audit_interval = 1.0
+        vol.home.save_config(config)
+        vol.unmount()
+        vol.mount()
+        data = os.urandom(5 << 20)
+        with open(vol.path / "precious.bin", "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # The background threshold is k+1 healthy fragments: one loss leaves 4 of 5 (tolerated,
+        # shown as degraded); the second leaves 3 and must trigger a rebuild back to 5.
+        holders = [i for i in range(7) if any(p.is_file() for p in (vol.grid.root / f"peer{i}" / "fragments").rglob("*"))]
+        assert len(holders) == 5
+        vol.grid.storage[holders[0]].kill()
+        vol.grid.storage[holders[1]].kill()
+        deadline = time.monotonic() + 60
+        while True:
+            res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "status", "--json", "--home",
+                                  str(vol.home.path)], capture_output=True, text=True, timeout=60)
+            health = json.loads(res.stdout)["health"]
+            if health.get("repaired", 0) >= 1:
+                break
+            assert time.monotonic() < deadline, f"no background repair within 60 s: {health}"
+            time.sleep(1)
+        vol.grid.storage[holders[2]].kill()  # a third loss after the repair
+        vol.unmount()
+        vol.drop_cache()
+        vol.mount()
+        assert (vol.path / "precious.bin").read_bytes() == data
+    finally:
+        vol.close()
