@@ -211,10 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         except BaseExceptionGroup as group:
             raise _single_leaf(group) from None
-    except UsageError as exc:
-        print(f"pluto: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except HomeError as exc:
+    except (UsageError, HomeError) as exc:
         print(f"pluto: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PlutoError as exc:

@@ -15,20 +15,14 @@ import trio
 
 from .errors import HomeError, PlutoError
 from .home import Config, Home, home_path
-from .mount import MountOptions, pid_file, run_mount
+from .mount import MountOptions, is_mounted, pid_file, run_mount
 from .units import format_size
-
-
-def _is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1].replace("\\040", " ") == target for line in f)
 
 
 def _check_mountpoint(path: Path) -> None:
     if not path.is_dir():
         raise HomeError(f"mountpoint {path} is not a directory; create it first (mkdir -p {path})")
-    if _is_mounted(path):
+    if is_mounted(path):
         raise HomeError(f"{path} is already mounted; run `pluto unmount {path}` first")
 
 
@@ -50,7 +44,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if _is_mounted(mountpoint):
+            if is_mounted(mountpoint):
                 print(f"mounted your pluto volume on {mountpoint} (log: {log_path})")
                 return 0
             if proc.poll() is not None:
@@ -80,7 +74,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
             raise PlutoError(f"the mount process {pid} is still uploading after {args.wait:g} s; "
                              "it will finish on its own (or run `pluto unmount` again)")
         return 0
-    if not _is_mounted(mountpoint):
+    if not is_mounted(mountpoint):
         raise HomeError(f"{mountpoint} is not mounted")
     res = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if res.returncode != 0:

@@ -48,6 +48,13 @@ class MountOptions:
     debug: bool = False
 
 
+def is_mounted(path: Path) -> bool:
+    """True if `path` is a mountpoint right now (per /proc/self/mounts)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1].replace("\\040", " ") == target for line in f)
+
+
 def pid_file(home: Home) -> Path:
     """Where a running mount records its pid and mountpoint."""
     return home.cache / "mount.json"

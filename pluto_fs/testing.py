@@ -19,13 +19,7 @@ from cryptree.identity import new_seed
 
 from .home import Config, Home
 from .localgrid import LocalGrid, _child_env
-
-
-def is_mounted(path: Path) -> bool:
-    """True if `path` is a mountpoint right now."""
-    target = os.path.realpath(path)
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1].replace("\\040", " ") == target for line in f)
+from .mount import is_mounted
 
 
 @dataclass
