@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_mount import add_commands as add_mount_commands
 
     add_mount_commands(sub, _address, "state directory (default: $PLUTO_HOME or ~/.pluto)")
+    from .cli_social import add_commands as add_social_commands
+
+    add_social_commands(sub, "state directory (default: $PLUTO_HOME or ~/.pluto)")
     return parser
 
 

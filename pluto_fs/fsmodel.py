@@ -21,6 +21,7 @@ import os
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from .volume import Volume
 log = logging.getLogger(__name__)
 
 ROOT_INO = 1
+SHARED_NAME = "shared"
 PUBLISH_CONCURRENCY = 16  # directory slots published at once
 
 
@@ -116,7 +118,8 @@ class DirNode(Node):
 class FsModel:
     """Inode table, directory loading, changes, and write-back publishing."""
 
-    def __init__(self, volume: Volume, journal: Journal, cache_dir: Path, root_cap: WriteCap | ReadCap) -> None:
+    def __init__(self, volume: Volume, journal: Journal, cache_dir: Path, root_cap: WriteCap | ReadCap,
+                 shares: Callable[[], dict[str, tuple[ReadCap, dict[bytes, WriteCap]]]] | None = None) -> None:
         self.volume = volume
         self.journal = journal
         self.cache_dir = cache_dir
@@ -131,6 +134,9 @@ class FsModel:
         self._journal_dirs = {w: (cap, seq, state) for w, cap, seq, state in journal.dirs()}
         self._pending_files = journal.pending_files()
         self.changed = trio.Event()  # set on every change: wakes the background flusher
+        # What others share with us: owner -> (their sharing folder, extra shared folders by name).
+        self.shares = shares
+        self.shared: DirNode | None = None  # the virtual `shared/` folder in the root
         self.allowance: tuple[int, int] | None = None  # storage exchange (allowed, used) raw bytes, if known
         self._drop_stale_cache()
 
@@ -160,7 +166,9 @@ class FsModel:
         async with d.load_lock:
             if d.children is not None:
                 return d.children
-            assert d.cap is not None
+            if d is self.shared:
+                self._build_shared(d)
+                return d.children  # type: ignore[return-value]
             journaled = self._journal_dirs.pop(d.cap.writer, None)
             if journaled is not None:
                 _, seq, state = journaled
@@ -168,7 +176,66 @@ class FsModel:
             else:
                 directory = await self.volume.load_dir(d.cap, missing_ok=d is self.root)
                 self._build(d, directory)
+            if d is self.root:
+                self._add_shared_root()
+            elif d.parent is self.shared:
+                self._add_write_shares(d)
             return d.children  # type: ignore[return-value]
+
+    # ---- shared with us ------------------------------------------------------------
+
+    def _add_shared_root(self) -> None:
+        """Show `shared/` in the root when someone shares with us (it hides a real entry of that name)."""
+        if self.shares is None or not self.shares():
+            return
+        now = now_ns()
+        if self.shared is None:
+            self.shared = DirNode(self._ino(), SHARED_NAME, self.root, 0o555, self.root.uid, self.root.gid,
+                                  now, now, now, cap=None)
+            self.inodes[self.shared.ino] = self.shared
+        assert self.root.children is not None
+        self.root.children[SHARED_NAME] = self.shared
+
+    def _build_shared(self, d: DirNode) -> None:
+        kids: dict[str, Node] = {}
+        for owner, (share_dir, _) in (self.shares() if self.shares else {}).items():
+            node = DirNode(self._ino(), owner, d, 0o555, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns,
+                           cap=share_dir)
+            kids[owner] = node
+            self.inodes[node.ino] = node
+        d.children = kids
+
+    def _add_write_shares(self, owner_node: DirNode) -> None:
+        """Folders shared with us writably: the owner's sharing folder lists them read-only; the
+        write capability came in a sealed grant and upgrades the matching entry."""
+        assert owner_node.children is not None
+        _, writable = (self.shares() if self.shares else {}).get(owner_node.name, (None, {}))
+        for node in owner_node.children.values():
+            if isinstance(node, DirNode) and node.cap is not None and node.cap.writer in writable:
+                node.cap = writable[node.cap.writer]
+                node.mode |= 0o200
+
+    def share_root(self, node: Node) -> Node | None:
+        """The shared folder `node` lies in (a child of shared/<owner>), or None for our own tree."""
+        while node.parent is not None:
+            if node.parent.parent is self.shared and self.shared is not None:
+                return node
+            node = node.parent
+        return None
+
+    def refresh_shared(self) -> None:
+        """Forget what was loaded under shared/, so the owners' latest versions load on next use.
+
+        Skipped while anything under shared/ waits to be published, so local
+        changes to a writable share are never dropped.
+        """
+        if self.shared is None:
+            if self.root.children is not None:
+                self._add_shared_root()
+            return
+        busy = [n for n in list(self.dirty_dirs) + list(self.dirty_files) if self.share_root(n) is not None]
+        if not busy:
+            self.shared.children = None
 
     def _build(self, d: DirNode, directory: Directory) -> None:
         d.seq = directory.seq
@@ -198,6 +265,8 @@ class FsModel:
         """The directory's full local state, as the journal keeps it."""
         rows = []
         for n in (d.children or {}).values():
+            if n is self.shared:
+                continue
             head = [n.name, n.mode, n.uid, n.gid, n.atime_ns, n.mtime_ns, n.ctime_ns, n.xattrs]
             if isinstance(n, DirNode):
                 assert n.cap is not None
@@ -239,6 +308,8 @@ class FsModel:
 
     def touch_dir(self, d: DirNode, times: bool = True) -> None:
         """Record that directory `d` changed: journal its state, schedule a publish."""
+        if not isinstance(d.cap, WriteCap):
+            return  # read-only (a share, or shared/ itself): nothing of ours to publish
         if times:
             d.mtime_ns = d.ctime_ns = now_ns()
         d.version += 1
@@ -433,6 +504,8 @@ class FsModel:
         entries: list[DirEntry] = []
         held_back = False
         for n in d.children.values():
+            if n is self.shared:
+                continue
             common = dict(mode=n.mode, uid=n.uid, gid=n.gid, atime_ns=n.atime_ns, mtime_ns=n.mtime_ns,
                           ctime_ns=n.ctime_ns, xattrs=n.xattrs)
             if isinstance(n, DirNode):

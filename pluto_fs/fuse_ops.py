@@ -259,6 +259,8 @@ class PlutoOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if not isinstance(node, DirNode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if node is self.model.shared:
+            raise pyfuse3.FUSEError(errno.EACCES)
         if await self.model.children(node):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         self.model.detach(node)
@@ -298,6 +300,10 @@ class PlutoOperations(pyfuse3.Operations):
         node = (await self.model.children(src_dir)).get(old)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        if node is self.model.shared or self.model.share_root(node) is node:
+            raise pyfuse3.FUSEError(errno.EACCES)
+        if self.model.share_root(src_dir) is not self.model.share_root(dst_dir):
+            raise pyfuse3.FUSEError(errno.EXDEV)  # another owner's tree: copy, then delete
         existing = (await self.model.children(dst_dir)).get(new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)

@@ -128,6 +128,13 @@ async def _health_loop(model: FsModel, volume: Volume, interval: float, state: d
             state.update(running=False, progress="")
 
 
+async def _share_poll(model: FsModel, interval: float) -> None:
+    """Owners' changes to what they share appear within `interval` seconds."""
+    while True:
+        await trio.sleep(interval)
+        model.refresh_shared()
+
+
 async def _allowance_loop(model: FsModel, volume: Volume) -> None:
     """Keep the storage-exchange figures fresh so writes can be refused (ENOSPC) at once."""
     while True:
@@ -151,7 +158,9 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
     journal = Journal(home.cache / "journal.sqlite")
     try:
         async with open_volume(home, coordinator) as volume:
-            model = FsModel(volume, journal, home.cache / "files", volume.keys.root)
+            from .social import shares_for_mount
+
+            model = FsModel(volume, journal, home.cache / "files", volume.keys.root, lambda: shares_for_mount(home))
             await model.children(model.root)  # fail early (and clearly) if the network is unreachable
             ops = PlutoOperations(model, opts.op_timeout, lambda: _statfs(volume))
             options = set(pyfuse3.default_options)
@@ -168,6 +177,7 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
                     health: dict = {}
                     nursery.start_soon(_status_loop, home, model, volume, opts.mountpoint, health)
                     nursery.start_soon(_allowance_loop, model, volume)
+                    nursery.start_soon(_share_poll, model, home.config().share_poll)
                     nursery.start_soon(_health_loop, model, volume, home.config().audit_interval, health)
 
                     async def stop_on_signal() -> None:

@@ -56,6 +56,7 @@ MAILBOX_CONTEXT = b"pluto/mailbox/v1\x00"
 SIGNATURE_SIZE = 64
 NONCE_SIZE = 32
 ADDRESS_MAX = 300
+CARD_MAX = 300
 
 
 # ---- signed messages (shared with coordinator_client) ----------------------
@@ -194,6 +195,10 @@ CREATE TABLE IF NOT EXISTS usage (      -- raw bytes each client stores on each 
     PRIMARY KEY (peer, client)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_client ON usage(client);
+CREATE TABLE IF NOT EXISTS cards (      -- a user's self-signed contact card (identity + box key)
+    username TEXT PRIMARY KEY,
+    card BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS users (
     username TEXT PRIMARY KEY,
     public_key BLOB NOT NULL,
@@ -656,6 +661,46 @@ class Coordinator(RpcService):
         if key is None:
             raise RemoteError("not_found", "no such username")
         return {"public_key": key}
+
+    async def rpc_put_card(self, ctx: CallContext, args: dict) -> dict:
+        """{username, card}: publish the signed contact card of a claimed username.
+
+        The card is signed by the username's own key (checked here and again by
+        every reader), so the coordinator cannot swap in a box key of its own.
+        """
+        from cryptree.errors import CryptreeError
+        from cryptree.follow import open_card
+
+        username = _get_username(args)
+        blob = get_bytes(args, "card", max_size=CARD_MAX)
+        try:
+            contact = open_card(blob)
+        except CryptreeError as exc:
+            raise RemoteError("bad_signature", f"card does not verify: {exc}") from None
+        if contact.username != username:
+            raise _bad("the card names another user")
+
+        def write(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT public_key FROM users WHERE username = ?", (username,)).fetchone()
+            if row is None or bytes(row[0]) != contact.user_id:
+                raise RemoteError("not_found", "claim the username with this key before publishing its card")
+            conn.execute("INSERT OR REPLACE INTO cards(username, card) VALUES (?, ?)", (username, blob))
+
+        await self.db.run(write)
+        return {"stored": True}
+
+    async def rpc_get_card(self, ctx: CallContext, args: dict) -> dict:
+        """{username} -> {card}, or not_found."""
+        username = _get_username(args)
+
+        def read(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT card FROM cards WHERE username = ?", (username,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        card = await self.db.run(read)
+        if card is None:
+            raise RemoteError("not_found", "no card for that username; ask them to run `pluto register`")
+        return {"card": card}
 
     # ---- mailboxes ---------------------------------------------------------
 

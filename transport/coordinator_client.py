@@ -23,6 +23,7 @@ from nacl.signing import SigningKey
 from .args import get_bool, get_bytes, get_int, get_str
 from .coordinator import (
     ADDRESS_MAX,
+    CARD_MAX,
     NONCE_SIZE,
     is_valid_username,
     mailbox_message,
@@ -270,6 +271,20 @@ class CoordinatorClient:
                 return None
             raise
         return _check(get_bytes, answer, "public_key", size=KEY_SIZE)
+
+    async def put_card(self, username: str, card: bytes) -> None:
+        """Publish the signed contact card of `username` (claimed by the card's key)."""
+        await self._call("put_card", {"username": username, "card": card})
+
+    async def get_card(self, username: str) -> bytes | None:
+        """The signed contact card of `username`, or None (verify it with cryptree.follow.open_card)."""
+        try:
+            answer = _dict(await self._call("get_card", {"username": username}))
+        except RemoteError as exc:
+            if exc.code == "not_found":
+                return None
+            raise
+        return _check(get_bytes, answer, "card", max_size=CARD_MAX)
 
     # ---- mailboxes ---------------------------------------------------------
 
