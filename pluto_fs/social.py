@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cryptree.caps import ReadCap, WriteCap, parse_cap
@@ -268,9 +268,7 @@ async def rotate_folder(volume: Volume, parent: WriteCap, name: str) -> WriteCap
     if entry is None or not isinstance(entry.child, DirLink):
         raise NotFound(f"no folder {name!r} there")
     new_cap = await _reseal(volume, child_write_cap(parent, entry))
-    entries[name] = DirEntry(name, link_child(parent, new_cap), mode=entry.mode, uid=entry.uid, gid=entry.gid,
-                             atime_ns=entry.atime_ns, mtime_ns=entry.mtime_ns, ctime_ns=entry.ctime_ns,
-                             size=0, xattrs=entry.xattrs)
+    entries[name] = replace(entry, child=link_child(parent, new_cap))
     await volume.save_dir(parent, list(entries.values()), parent_dir.attrs, parent_dir.seq)
     return new_cap
 
@@ -281,12 +279,8 @@ async def _reseal(volume: Volume, old: WriteCap) -> WriteCap:
     entries = []
     for e in directory.entries:
         if isinstance(e.child, DirLink) and e.child.wrapped_writer is not None:
-            child = await _reseal(volume, child_write_cap(old, e))
-            e = DirEntry(e.name, link_child(new, child), mode=e.mode, uid=e.uid, gid=e.gid, atime_ns=e.atime_ns,
-                         mtime_ns=e.mtime_ns, ctime_ns=e.ctime_ns, size=0, xattrs=e.xattrs)
-        elif isinstance(e.child, DirLink):
-            e = DirEntry(e.name, e.child, mode=e.mode, uid=e.uid, gid=e.gid, atime_ns=e.atime_ns,
-                         mtime_ns=e.mtime_ns, ctime_ns=e.ctime_ns, size=0, xattrs=e.xattrs)
+            # the child's write key is re-wrapped under the new parent key (read-only links stay as they are)
+            e = replace(e, child=link_child(new, await _reseal(volume, child_write_cap(old, e))))
         entries.append(e)
     await volume.save_dir(new, entries, directory.attrs, 0)
     return new
