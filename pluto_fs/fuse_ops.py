@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
 import stat
 from collections.abc import Awaitable, Callable
@@ -35,13 +36,19 @@ XATTR_MAX_VALUE = 64 * 1024
 BLOCK = 4096
 
 
-def fuse_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Turn every failure into an errno for the kernel (and a log line for people)."""
+def fuse_errors(fn: Callable[..., Awaitable[T]], bounded: bool = True) -> Callable[..., Awaitable[T]]:
+    """Turn every failure into an errno for the kernel (and a log line for people).
+
+    `bounded` operations fail after the mount's --timeout as a whole. fsync
+    is not bounded as a whole: storing a large file takes as long as it
+    takes, while every single network wait inside it is still bounded by the
+    RPC timeouts, so a dead network still fails it.
+    """
 
     @functools.wraps(fn)
     async def wrapper(self: "PlutoOperations", *args: Any) -> T:
         try:
-            with trio.fail_after(self.op_timeout):
+            with trio.fail_after(self.op_timeout if bounded else math.inf):
                 return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
@@ -423,7 +430,7 @@ class PlutoOperations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         return None
 
-    @fuse_errors
+    @functools.partial(fuse_errors, bounded=False)
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.model.sync_path(self._handles[fh].node)
 

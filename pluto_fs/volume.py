@@ -110,9 +110,15 @@ class Volume:
         """Finish the current pack and start uploading it in the background."""
         if self._builder is None or self._builder.count == 0:
             return
+        # Backpressure: at most N packs in flight. Wait *before* taking the pack out of the
+        # builder: a caller cancelled here (an fsync that timed out) must leave the pack
+        # where the next flush finds it, because dedup already hands out refs into it.
+        await self._upload_slots.acquire()
+        if self._builder is None or self._builder.count == 0:
+            self._upload_slots.release()  # another task shipped it while we waited
+            return
         pack, nonce = self._builder.finish(), self._nonce
         self._builder = None
-        await self._upload_slots.acquire()  # backpressure: at most N packs in memory in flight
         self._in_flight += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         self._nursery.start_soon(self._upload, nonce, pack.data)

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from cryptree.caps import WriteCap
+from cryptree.dirnode import DirEntry
 from cryptree.identity import new_seed, seed_to_phrase
 from cryptree.errors import CapabilityError
 from pluto_fs.errors import NotEnoughPeers, PlutoError
@@ -194,3 +195,24 @@ def test_editing_the_middle_of_a_file_uploads_only_nearby_chunks(grid: LocalGrid
     assert packed < 3 << 20, f"an edit of 1 MiB re-uploaded {packed} bytes of chunks"
     _download(home, tmp_path / "out")
     assert (tmp_path / "out" / "big.bin").read_bytes() == bytes(big)
+
+
+def test_a_store_cancelled_midway_then_repeated_publishes_only_stored_packs(grid: LocalGrid, tmp_path: Path) -> None:
+    """Regression: an fsync that timed out while a pack waited for an upload slot lost that pack,
+    and the retry deduplicated against refs into it (acknowledged data unreadable)."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(24 << 20))
+    home = _home(tmp_path / "home", grid)
+
+    async def run() -> None:
+        async with open_volume(home) as vol:
+            await _wait_peers(vol)
+            for delay in (0.05, 0.2, 0.5):  # cancel at different points of the pipeline
+                with trio.move_on_after(delay):
+                    await vol.store_file(src)
+            content, size = await vol.store_file(src)
+            await vol.save_dir(vol.keys.root, [DirEntry("big.bin", content, size=size)], None, 0)
+
+    trio.run(run)
+    _download(home, tmp_path / "out")  # a fresh volume: nothing cached, everything from peers
+    assert (tmp_path / "out" / "big.bin").read_bytes() == src.read_bytes()
