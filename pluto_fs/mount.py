@@ -60,13 +60,18 @@ def pid_file(home: Home) -> Path:
     return home.cache / "mount.json"
 
 
-async def _statfs(volume: Volume) -> tuple[int, int]:
-    """Usable bytes (total, free): raw peer space divided by the expansion n/k."""
+async def _statfs(volume: Volume, model: FsModel) -> tuple[int, int]:
+    """Usable bytes (total, free) for df: the storage exchange allowance, divided by the
+    expansion n/k, capped by the raw space live peers have; never 0 or absurdly large."""
     peers = await volume.net.peers()
     k, n = volume.packs.k, volume.packs.n
     total = sum(p.capacity for p in peers.values() if p.alive) * k // n
     free = sum(p.free for p in peers.values() if p.alive) * k // n
-    return total, free
+    if model.allowance is not None:
+        allowed, used = model.allowance
+        total = min(total, allowed * k // n)
+        free = min(free, max(0, allowed - used) * k // n)
+    return max(total, 1), max(0, min(free, total))
 
 
 async def _write_back(model: FsModel) -> None:
@@ -162,7 +167,7 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
 
             model = FsModel(volume, journal, home.cache / "files", volume.keys.root, lambda: shares_for_mount(home))
             await model.children(model.root)  # fail early (and clearly) if the network is unreachable
-            ops = PlutoOperations(model, opts.op_timeout, lambda: _statfs(volume))
+            ops = PlutoOperations(model, opts.op_timeout, lambda: _statfs(volume, model))
             options = set(pyfuse3.default_options)
             options |= {"fsname=pluto", "subtype=pluto"}
             if opts.allow_other:
