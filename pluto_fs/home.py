@@ -41,6 +41,7 @@ class Config:
     slot_replicas: int = 5
     request_timeout: float = 10.0
     audit_interval: float = 600.0  # seconds between background audit/repair rounds of a mount
+    repair_margin: int = 2  # background repair when fewer than k + repair_margin fragments are healthy
     share_poll: float = 10.0  # seconds after which the mount reloads what others share with us
     extra: dict = field(default_factory=dict)
 
@@ -58,6 +59,8 @@ class Config:
             raise HomeError("config: slot_replicas must be from 1 to 64")
         if not (isinstance(self.request_timeout, (int, float)) and 0.1 <= self.request_timeout <= 600):
             raise HomeError("config: request_timeout must be from 0.1 to 600 seconds")
+        if not (isinstance(self.repair_margin, int) and 1 <= self.repair_margin <= self.n - self.k + 1):
+            raise HomeError("config: repair_margin must be from 1 to n-k+1")
         if not (isinstance(self.share_poll, (int, float)) and 0.5 <= self.share_poll <= 86400):
             raise HomeError("config: share_poll must be from 0.5 to 86400 seconds")
         if not (isinstance(self.audit_interval, (int, float)) and 1 <= self.audit_interval <= 7 * 86400):

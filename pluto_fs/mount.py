@@ -113,16 +113,16 @@ def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, 
     os.replace(tmp, pid_file(home))
 
 
-async def _health_loop(model: FsModel, volume: Volume, interval: float, state: dict) -> None:
+async def _health_loop(model: FsModel, volume: Volume, interval: float, margin: int, state: dict) -> None:
     """Background auditor and repairer: every `interval`, audit a sample of packs and repair
-    those below the threshold (k+1 healthy fragments)."""
+    those with fewer than k + `margin` healthy fragments (docs/SIMULATION.md: why 2)."""
     from .health import check
 
     while True:
         await trio.sleep(interval)
         state.update(running=True, progress="starting")
         try:
-            report = await check(volume, volume.keys.root, repair=True, repair_below=volume.packs.k + 1,
+            report = await check(volume, volume.keys.root, repair=True, repair_below=volume.packs.k + margin,
                                  sample=HEALTH_SAMPLE, progress=lambda msg: state.update(progress=msg))
             state.update(last_check=time.time(), packs=report.packs, degraded=report.packs_degraded,
                          unreadable=report.packs_unreadable, repaired=state.get("repaired", 0) + report.packs_repaired,
@@ -183,7 +183,8 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
                     nursery.start_soon(_status_loop, home, model, volume, opts.mountpoint, health)
                     nursery.start_soon(_allowance_loop, model, volume)
                     nursery.start_soon(_share_poll, model, home.config().share_poll)
-                    nursery.start_soon(_health_loop, model, volume, home.config().audit_interval, health)
+                    config = home.config()
+                    nursery.start_soon(_health_loop, model, volume, config.audit_interval, config.repair_margin, health)
 
                     async def stop_on_signal() -> None:
                         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -195,8 +195,8 @@ def test_the_mount_repairs_in_the_background_and_shows_it_in_status(tmp_path: Pa
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        # The background threshold is k+1 healthy fragments: one loss leaves 4 of 5 (tolerated,
-        # shown as degraded); the second leaves 3 and must trigger a rebuild back to 5.
+        # The background threshold is k + repair_margin (2 by default, docs/SIMULATION.md): losing two
+        # of a pack's five holders leaves 3 < 5 and must trigger a rebuild back to 5 on spare peers.
         holders = [i for i in range(7) if any(p.is_file() for p in (vol.grid.root / f"peer{i}" / "fragments").rglob("*"))]
         assert len(holders) == 5
         vol.grid.storage[holders[0]].kill()
