@@ -172,8 +172,6 @@ def test_alice_shares_photos_with_bob_and_project_with_carol(world, tmp_path: Pa
 
     # the graph stays hidden: no store links alice's identity to bob's or carol's
     grid.stop()
-    from nacl.signing import SigningKey  # noqa: F401  (keys come from the homes)
-
     keys = {name: (home.keys().user_id, home.keys().box_public) for name, home in homes.items()}
     stores = [grid.root / "coordinator"] + [grid.root / f"peer{i}" for i in range(5)]
     for store in stores:
