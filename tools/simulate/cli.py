@@ -43,7 +43,7 @@ HELP = {
     "seed": "random seed (same seed, same network history for every code)",
 }
 
-QUICK = dict(peers=2_000, packs=20_000, warmup_days=180.0)
+QUICK = dict(peers=2_000, packs=10_000, warmup_days=90.0)
 FULL: dict = {}  # the defaults of Params
 
 
@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", metavar="FILE", help="write every result (with its parameters) to FILE")
     ap.add_argument("--plots", metavar="DIR", help="write simulation-loss.png, simulation-repair.png and "
                                                    "simulation-tradeoff.png to DIR")
-    ap.add_argument("--from-json", metavar="FILE", help="do not simulate: table and plots from an earlier --json")
-    ap.add_argument("--recommend", metavar="K-N@T", help="mark this code and threshold on the plots")
+    ap.add_argument("--from-json", metavar="FILE", nargs="+",
+                    help="do not simulate: table and plots from earlier --json files (merged in order)")
+    ap.add_argument("--recommend", metavar="K-N@T,...", help="mark these codes and thresholds on the plots")
     defaults = Params()
     g = ap.add_argument_group("model parameters (defaults: full run; --quick overrides peers, packs, warmup_days)")
     for f in dataclasses.fields(Params):
@@ -173,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     vary_name = None
     if a.from_json:
-        with open(a.from_json) as f:
-            doc = json.load(f)
-        results, vary_name = doc["results"], doc.get("vary")
+        results = []
+        for path in a.from_json:
+            with open(path) as f:
+                doc = json.load(f)
+            results += doc["results"]
+            vary_name = vary_name or doc.get("vary")
     else:
         try:
             codes = parse_codes(a.codes)
@@ -214,12 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results, vary_name))
     if a.plots:
         from tools.simulate.plot import plot_all
-        rec = None
+        rec = []
         if a.recommend:
-            codes = parse_codes(a.recommend)
-            if len(codes) != 1:
-                ap.error("--recommend takes one K-N@T")
-            rec = (codes[0].k, codes[0].n, codes[0].threshold)
+            try:
+                rec = [(c.k, c.n, c.threshold) for c in parse_codes(a.recommend)]
+            except (argparse.ArgumentTypeError, ValueError) as e:
+                ap.error(str(e))
+            if any(t == 0 for _, _, t in rec):
+                ap.error("--recommend needs K-N@T with a threshold")
         for path in plot_all(results, a.plots, rec):
             print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tools.simulate.cli import KBITS_PER_TB_PER_UNIT, PACKS_PER_TB  # noqa: E402
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-TODAY = (3, 5, 4)  # pluto's default before this study: 3-of-5, repair below k + 1 healthy
+MARKS = {(3, 5, 4): "3-of-5, repair < 4\n(pluto's first rule)",
+         (3, 5, 5): "3-of-5, repair < 5\n(repair_margin 2)"}
 
 
 def _by_code(results: list[dict]) -> dict[tuple[int, int], list[dict]]:
@@ -39,7 +40,7 @@ def _mark(ax, x, y, text, color="black"):
                 arrowprops=dict(arrowstyle="->", color=color, lw=0.8))
 
 
-def plot_loss(results: list[dict], path: str, recommend: tuple[int, int, int] | None = None) -> str:
+def plot_loss(results: list[dict], path: str, recommend: list[tuple[int, int, int]] | None = None) -> str:
     fig, ax = plt.subplots(figsize=(9, 5.6), dpi=120)
     for i, ((k, n), rs) in enumerate(sorted(_by_code(results).items())):
         c = COLORS[i % len(COLORS)]
@@ -61,19 +62,18 @@ def plot_loss(results: list[dict], path: str, recommend: tuple[int, int, int] | 
         for r in rs:
             if not r["threshold"]:
                 ax.axhline(r["p_loss"], color=c, ls=":", lw=1.2)
-                ax.text(0.5 + 1.5 * i, r["p_loss"] * 1.12, f"{k}-of-{n} without repair", color=c, fontsize=8,
-                        va="bottom")
         for r in rep:
             key = (r["k"], r["n"], r["threshold"])
             y = r["p_loss"] if r["losses"] else r["p_loss_hi"]
-            if key == TODAY:
-                _mark(ax, r["threshold"] - k, y, "pluto today\n(3-of-5, repair < 4)", c)
-            if recommend and key == recommend:
+            if key in MARKS:
+                _mark(ax, r["threshold"] - k, y, MARKS[key], c)
+            if recommend and key in recommend:
                 ax.plot([r["threshold"] - k], [y], "*", color="gold", ms=18, mec="black", zorder=5)
+    ax.plot([], [], ":", color="gray", lw=1.2, label="dotted: the same code without repair")
     ax.plot([], [], "v", color="gray", mfc="white", mew=1.5, label="no loss seen: 95 % upper bound")
     ax.plot([], [], "o", color="gray", label="losses seen: estimate, 95 % CI")
     if recommend:
-        ax.plot([], [], "*", color="gold", ms=14, mec="black", label="recommended default")
+        ax.plot([], [], "*", color="gold", ms=14, mec="black", label="recommended defaults")
     ax.set_yscale("log")
     ax.set_xlim(0.4, None)
     ax.set_xlabel("repair margin x  (repair when fewer than k + x fragments are healthy)")
@@ -90,7 +90,7 @@ def plot_loss(results: list[dict], path: str, recommend: tuple[int, int, int] | 
     return path
 
 
-def plot_repair(results: list[dict], path: str, recommend: tuple[int, int, int] | None = None) -> str:
+def plot_repair(results: list[dict], path: str, recommend: list[tuple[int, int, int]] | None = None) -> str:
     fig, ax = plt.subplots(figsize=(9, 5.6), dpi=120)
     for i, ((k, n), rs) in enumerate(sorted(_by_code(results).items())):
         c = COLORS[i % len(COLORS)]
@@ -100,12 +100,12 @@ def plot_repair(results: list[dict], path: str, recommend: tuple[int, int, int] 
                 label=f"{k}-of-{n}  (n/k = {n / k:.2f})")
         for r in rep:
             key = (r["k"], r["n"], r["threshold"])
-            if key == TODAY:
-                _mark(ax, r["threshold"] - k, r["repair_per_byte_year"], "pluto today", c)
-            if recommend and key == recommend:
+            if key in MARKS:
+                _mark(ax, r["threshold"] - k, r["repair_per_byte_year"], MARKS[key].split("\n")[1][1:-1], c)
+            if recommend and key in recommend:
                 ax.plot([r["threshold"] - k], [r["repair_per_byte_year"]], "*", color="gold", ms=18, mec="black", zorder=5)
     if recommend:
-        ax.plot([], [], "*", color="gold", ms=14, mec="black", label="recommended default")
+        ax.plot([], [], "*", color="gold", ms=14, mec="black", label="recommended defaults")
     ax.set_yscale("log")
     ax.set_xlabel("repair margin x  (repair when fewer than k + x fragments are healthy)")
     ax.set_ylabel("repair traffic per year / data stored\n(k downloads + rebuilt uploads)")
@@ -121,7 +121,7 @@ def plot_repair(results: list[dict], path: str, recommend: tuple[int, int, int] 
     return path
 
 
-def plot_tradeoff(results: list[dict], path: str, recommend: tuple[int, int, int] | None = None) -> str:
+def plot_tradeoff(results: list[dict], path: str, recommend: list[tuple[int, int, int]] | None = None) -> str:
     fig, ax = plt.subplots(figsize=(9, 5.6), dpi=120)
     for i, ((k, n), rs) in enumerate(sorted(_by_code(results).items())):
         c = COLORS[i % len(COLORS)]
@@ -129,13 +129,20 @@ def plot_tradeoff(results: list[dict], path: str, recommend: tuple[int, int, int
         xs = [r["repair_per_byte_year"] for r in rep]
         ys = [r["p_loss"] if r["losses"] else r["p_loss_hi"] for r in rep]
         ax.plot(xs, ys, "-", color=c, lw=1, alpha=0.6)
+        first_bound = True
         for r, x, y in zip(rep, xs, ys):
             ax.plot([x], [y], "o" if r["losses"] else "v", color=c, mfc=c if r["losses"] else "white", mew=1.5, ms=7)
-            ax.annotate(f"<{r['threshold']}", (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8, color=c)
-            if recommend and (r["k"], r["n"], r["threshold"]) == recommend:
+            if r["losses"] or first_bound:  # the bounds of eager thresholds overlap: label the first only
+                ax.annotate(f"<{r['threshold']}", (x, y), xytext=(5, 4 if r["losses"] else -12),
+                            textcoords="offset points", fontsize=8, color=c)
+            first_bound = first_bound and bool(r["losses"])
+            if recommend and (r["k"], r["n"], r["threshold"]) in recommend:
                 ax.plot([x], [y], "*", color="gold", ms=18, mec="black", zorder=5)
         ax.plot([], [], "o-", color=c, label=f"{k}-of-{n}  (n/k = {n / k:.2f})")
     ax.plot([], [], "v", color="gray", mfc="white", mew=1.5, label="no loss seen: 95 % upper bound")
+    if recommend:
+        ax.plot([], [], "*", color="gold", ms=14, mec="black",
+                label="recommended: " + ", ".join(f"{k}-of-{n} <{t}" for k, n, t in recommend))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("repair traffic per year / data stored")
@@ -149,7 +156,7 @@ def plot_tradeoff(results: list[dict], path: str, recommend: tuple[int, int, int
     return path
 
 
-def plot_all(results: list[dict], outdir: str, recommend: tuple[int, int, int] | None = None) -> list[str]:
+def plot_all(results: list[dict], outdir: str, recommend: list[tuple[int, int, int]] | None = None) -> list[str]:
     os.makedirs(outdir, exist_ok=True)
     return [plot_loss(results, os.path.join(outdir, "simulation-loss.png"), recommend),
             plot_repair(results, os.path.join(outdir, "simulation-repair.png"), recommend),
