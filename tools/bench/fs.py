@@ -38,14 +38,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import errno
 import json
 import os
 import platform
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import sysconfig
@@ -81,7 +79,7 @@ from tools.bench.fs_procs import (  # noqa: E402
     page_digests,
     read_status,
 )
-from tools.bench.fs_report import METRICS, SECTION, markdown, plot, summarize, update_benchmarks_md  # noqa: E402
+from tools.bench.fs_report import NOISY_CORES, markdown, plot, summarize, update_benchmarks_md  # noqa: E402
 
 MB = 1_000_000
 MIB = 1024 * 1024
@@ -89,10 +87,27 @@ GIB = 1024 * MIB
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 QUICK_TREE = STDLIB / "idlelib"
 EXCLUDES = ("site-packages",)
-PEER_CAPACITY = 4 * GIB  # what start_mounted_volume gives each peer
+MIN_PEER_CAPACITY = 4 * GIB  # what start_mounted_volume gives each peer by default
+
+
+def raw_bytes_stored(s: "Settings", tree_bytes: int) -> int:
+    """Fragment bytes the run may leave on all peers together: per repeat the big file (twice if
+    the fallback copy is needed), the edit file and the tree, times n/k = 5/3, plus a fifth for
+    duplicate uploads and metadata."""
+    return int(s.repeat * (2 * s.size + s.edit_file + tree_bytes) * 5 / 3 * 1.2)
+
+
+def peer_capacity(s: "Settings", tree_bytes: int) -> int:
+    """Capacity offered by each peer (a quota, not disk space taken).
+
+    The storage exchange lets the user store what its *live* peers offer. A
+    loaded machine makes heartbeats late, so peers drop out of the live set for
+    a moment; sized so that two live peers still cover everything stored.
+    """
+    need = raw_bytes_stored(s, tree_bytes) // 2
+    return max(MIN_PEER_CAPACITY, -(-need // GIB) * GIB)
 IDLE_TIMEOUT = 1800.0  # longest wait for the pluto mount to finish uploading
 QUIET_CORES = 0.15  # --wait-quiet waits until other processes use less than this
-NOISY_CORES = 0.25  # a phase during which other processes used more than this gets a warning
 
 FSYNC_SCRIPT = """
 import errno, os, sys
@@ -228,6 +243,7 @@ class Bench:
     sampler: RssSampler | None = None
     runs: dict = field(default_factory=lambda: {"pluto": [], "gocryptfs": []})
     warnings: list[str] = field(default_factory=list)
+    capacity: int = MIN_PEER_CAPACITY  # offered by each storage peer
     _profilers: list[Profiler] = field(default_factory=list)
 
     # ---- processes ----
@@ -310,7 +326,12 @@ class Bench:
         from pluto_fs.testing import start_mounted_volume
 
         log("starting the pluto grid (coordinator + 5 peers) and mount")
-        self.vol = start_mounted_volume(self.root / "pluto", peers=5, timeout=self.s.op_timeout)
+        import inspect
+
+        kwargs = {}
+        if "capacity" in inspect.signature(start_mounted_volume).parameters:
+            kwargs["capacity"] = f"{self.capacity // GIB}G"
+        self.vol = start_mounted_volume(self.root / "pluto", peers=5, timeout=self.s.op_timeout, **kwargs)
         cfg = self.vol.home.config()
         if not self.s.audits and hasattr(cfg, "audit_interval"):
             # The mount audits a sample of packs every audit_interval (600 s): a round walks the
@@ -644,10 +665,6 @@ def disk_check(s: Settings, tree_bytes: int, where: Path) -> list[str]:
     if need > free * 0.9:
         out.append(f"not enough disk space under {where}: about {need / GIB:.1f} GiB needed, {free / GIB:.1f} GiB "
                    "free; lower --size or --repeat, or pick another --workdir")
-    per_peer = s.repeat * per_repeat / 3 * 1.05 + 64 * MIB
-    if per_peer > PEER_CAPACITY * 0.9:
-        out.append(f"each storage peer would hold about {per_peer / GIB:.1f} GiB, over its {PEER_CAPACITY / GIB:.0f} "
-                   "GiB capacity; lower --size or --repeat")
     return out
 
 
@@ -804,10 +821,31 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     root = Path(tempfile.mkdtemp(prefix="pluto-fs-bench-", dir=workparent))
-    bench = Bench(s, root, warnings=warnings)
+    bench = Bench(s, root, warnings=warnings, capacity=peer_capacity(s, tree_bytes))
     started = datetime.datetime.now()
     code_at_start, digest_at_start = code_version(), code_digest()
     failed = True
+    error: str | None = None
+
+    def results_so_far() -> dict:
+        done = min(len(bench.runs["pluto"]), len(bench.runs["gocryptfs"]))  # complete repeats only
+        res = {
+            "date": started.strftime("%Y-%m-%d"),
+            "started": started.isoformat(timespec="seconds"),
+            "command": ("python tools/bench/fs.py " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip(),
+            "quick": s.quick,
+            "machine": machine(),
+            "code": f"{code_at_start}, source digest {digest_at_start}",
+            "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()},
+                         "tree_files": files, "tree_bytes": tree_bytes, "peer_capacity": bench.capacity,
+                         "repeats_done": done},
+            "runs": {fs: runs[:done] for fs, runs in bench.runs.items()},
+            "warnings": bench.warnings,
+        }
+        if error:
+            res["error"] = error
+        return res
+
     try:
         log(f"generating {s.repeat} × ({s.size / MIB:g} + {s.edit_file / MIB:g} + {s.edit_size / MIB:g}) MiB "
             f"of random source files in {root}/src")
@@ -817,10 +855,18 @@ def main(argv: list[str] | None = None) -> int:
             for fs in ("pluto", "gocryptfs"):
                 log(f"--- {fs}, repeat {r + 1} of {s.repeat}")
                 bench.runs[fs].append(bench.round(fs, r))
+                if a.json:
+                    a.json.write_text(json.dumps(results_so_far(), indent=1, default=str))
         failed = False
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         return 130
+    except Exception as exc:  # noqa: BLE001 - report what was measured, then fail
+        error = f"{type(exc).__name__}: {exc}"
+        log(f"the run failed: {error}")
+        import traceback
+
+        traceback.print_exc()
     finally:
         try:
             bench.close()
@@ -832,25 +878,21 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 shutil.rmtree(root, ignore_errors=True)
 
+    if failed:
+        done = min(len(bench.runs["pluto"]), len(bench.runs["gocryptfs"]))
+        if done == 0:
+            return 1
+        bench.warn(f"the run stopped in repeat {done + 1} of {s.repeat} ({error}); the tables show the "
+                   f"{done} complete repeat(s)")
+        if a.output is None and output == _ROOT / "docs":
+            output = Path(tempfile.mkdtemp(prefix="pluto-fs-report-"))  # keep docs/ for complete runs
     if code_digest() != digest_at_start:
         bench.warn(f"pluto's code changed on disk during the run (at the start: {code_at_start}, source digest "
                    f"{digest_at_start}; at the end: {code_version()}, {code_digest()}): mounts started after the "
                    "change ran the new code")
-    results = {
-        "date": started.strftime("%Y-%m-%d"),
-        "started": started.isoformat(timespec="seconds"),
-        "command": "python tools/bench/fs.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "quick": s.quick,
-        "machine": machine(),
-        "code": f"{code_at_start}, source digest {digest_at_start}",
-        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()},
-                     "tree_files": files, "tree_bytes": tree_bytes},
-        "runs": bench.runs,
-        "warnings": bench.warnings,
-    }
-    results["command"] = results["command"].rstrip()
+    results = results_so_far()
     write_report(results, output, a.no_plot, a.json)
-    return 0
+    return 1 if failed else 0
 
 
 def write_report(results: dict, output: Path, no_plot: bool, json_path: Path | None) -> None:
