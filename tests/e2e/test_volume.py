@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import trio
 
 from cryptree.caps import WriteCap
+from cryptree.chunks import iter_chunks, seal_chunk
 from cryptree.dirnode import DirEntry
 from cryptree.identity import new_seed, seed_to_phrase
 from cryptree.errors import CapabilityError
@@ -177,24 +179,34 @@ def test_read_cap_cannot_write_and_subfolder_cap_cannot_reach_up(grid: LocalGrid
 
 
 def test_editing_the_middle_of_a_file_uploads_only_nearby_chunks(grid: LocalGrid, tmp_path: Path) -> None:
+    # Seeded bytes: where content-defined boundaries fall must not depend on luck.
+    rng = random.Random(20261125)
     src = tmp_path / "src"
     src.mkdir()
-    big = bytearray(os.urandom(32 << 20))
-    (src / "big.bin").write_bytes(big)
-    home = _home(tmp_path / "home", grid)
+    before = rng.randbytes(32 << 20)
+    (src / "big.bin").write_bytes(before)
+    home = _home(tmp_path / "home", grid, seed=bytes(range(32)))
     _upload(home, src)
-    big[16 << 20 : 17 << 20] = os.urandom(1 << 20)
-    (src / "big.bin").write_bytes(big)
+    after = bytearray(before)
+    after[16 << 20 : 17 << 20] = rng.randbytes(1 << 20)
+    (src / "big.bin").write_bytes(after)
 
-    async def edit() -> int:
+    async def edit() -> tuple[int, int, int]:
         async with open_volume(home) as vol:  # a new process would start with nothing cached, like this
             await Tree(vol, vol.keys.root).upload(src)
-            return vol.packs.stats.chunk_bytes_packed
+            old = {bytes(c) for _, c in iter_chunks(before, vol.chunker)}
+            fresh = [c for _, c in iter_chunks(after, vol.chunker) if bytes(c) not in old]
+            sealed = sum(len(seal_chunk(vol.keys.chunk_mac_key, c).sealed) for c in fresh)
+            return vol.packs.stats.chunk_bytes_packed, sealed, sum(len(c) for c in fresh)
 
-    packed = trio.run(edit)
-    assert packed < 3 << 20, f"an edit of 1 MiB re-uploaded {packed} bytes of chunks"
+    packed, expected, fresh_plain = trio.run(edit)
+    # Exactly the chunks whose content changed went out: nothing was re-sent...
+    assert packed == expected, f"an edit of 1 MiB re-uploaded {packed} bytes, expected {expected}"
+    # ...and content-defined cutting kept the change local (the edited MiB plus the
+    # chunks it touches, never a shift of everything after it).
+    assert (1 << 20) <= fresh_plain < 12 << 20, fresh_plain
     _download(home, tmp_path / "out")
-    assert (tmp_path / "out" / "big.bin").read_bytes() == bytes(big)
+    assert (tmp_path / "out" / "big.bin").read_bytes() == bytes(after)
 
 
 def test_a_store_cancelled_midway_then_repeated_publishes_only_stored_packs(grid: LocalGrid, tmp_path: Path) -> None:
