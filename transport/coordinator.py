@@ -315,6 +315,8 @@ class _PeerView:
     uptime: float
     reputation: float
     eligible: bool
+    disqualified: bool  # suspended, or failed too many audits: its data should be moved away
+    offline_for: float  # seconds since its last heartbeat if not alive, else 0
 
 
 @dataclass
@@ -376,13 +378,14 @@ class Coordinator(RpcService):
         reputation = reputation_score(ok_w, fail_w)
         audits = row["audits_ok"] + row["audits_failed"]
         judged_uptime = (now - row["first_seen"]) / interval >= lim.uptime_grace_heartbeats
-        eligible = (
-            alive
-            and not row["suspended"]
-            and not (audits >= lim.reputation_min_audits and reputation < lim.reputation_floor)
-            and not (judged_uptime and uptime < lim.uptime_floor)
-        )
-        return _PeerView(row, alive, uptime, reputation, eligible)
+        # Low uptime only stops new placements: a flaky peer still holds what it has,
+        # whereas a suspended or cheating one cannot be trusted with it.
+        disqualified = bool(row["suspended"]) or (audits >= lim.reputation_min_audits and reputation < lim.reputation_floor)
+        eligible = alive and not disqualified and not (judged_uptime and uptime < lim.uptime_floor)
+        # Computed here rather than sending last_seen, so client clock skew cannot
+        # make a peer look lost (or fresh); clamped in case our clock stepped back.
+        offline_for = 0.0 if alive else max(0.0, now - row["last_seen"])
+        return _PeerView(row, alive, uptime, reputation, eligible, disqualified, offline_for)
 
     # ---- peers -------------------------------------------------------------
 
@@ -556,7 +559,13 @@ class Coordinator(RpcService):
         return {"address": view.row["address"], "alive": view.alive}
 
     async def rpc_list_peers(self, ctx: CallContext, args: dict) -> list[dict]:
-        """Every registered peer (most recently seen first, capped) with uptime and reputation."""
+        """Every registered peer (most recently seen first, capped) with uptime and reputation.
+
+        `offline_for` is how long (seconds, by this coordinator's clock) a peer
+        that is not alive has been silent, 0 for alive ones; clients use it
+        for the repair grace period. `disqualified` means suspended or below
+        the reputation floor: its fragments should be rebuilt elsewhere.
+        """
         cap = self.limits.list_peers_max
 
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -581,6 +590,8 @@ class Coordinator(RpcService):
                     "audits_failed": row["audits_failed"],
                     "reputation": view.reputation,
                     "eligible": view.eligible,
+                    "disqualified": view.disqualified,
+                    "offline_for": view.offline_for,
                 }
             )
         return out

@@ -36,6 +36,7 @@ from .pool import PeerPool
 from .rpc import RpcConnection
 
 DEFAULT_TIMEOUT = 10.0  # the coordinator answers from one SQLite file; 10 s means it is in trouble
+OFFLINE_MAX = 100 * 365 * 86400.0  # no real peer has been silent for a century: a bigger figure is garbage
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,11 @@ class PeerRecord:
     audits_failed: int
     reputation: float
     eligible: bool
+    # Seconds the coordinator has not heard from a peer that is not alive (0 when
+    # alive); None from a coordinator too old to say, which callers must treat as
+    # "gone for an unknown time".
+    offline_for: float | None = None
+    disqualified: bool = False  # suspended or failed too many audits: its data should move
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,19 @@ def _fraction(item: dict, name: str) -> float:
     value = item.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ProtocolError(f"malformed coordinator answer: {name!r} must be a number from 0 to 1")
+    return float(value)
+
+
+def _offline_for(item: dict, alive: bool) -> float | None:
+    """The optional `offline_for` of a peer row: finite seconds from 0 to OFFLINE_MAX, 0 if alive."""
+    if "offline_for" not in item:
+        return None  # an older coordinator: the caller falls back to "not alive means lost"
+    value = item["offline_for"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= OFFLINE_MAX:
+        # The range check is false for NaN too, and compares huge ints before any float() overflows.
+        raise ProtocolError(f"malformed coordinator answer: 'offline_for' must be a number of seconds from 0 to {OFFLINE_MAX:g}")
+    if alive and value != 0:
+        raise ProtocolError("malformed coordinator answer: an alive peer cannot have been offline")
     return float(value)
 
 
@@ -228,6 +247,7 @@ class CoordinatorClient:
         out = []
         for item in _list(await self._call("list_peers", {}), 100_000):
             item = _dict(item)
+            alive = _check(get_bool, item, "alive")
             out.append(
                 PeerRecord(
                     id=_check(get_bytes, item, "id", size=KEY_SIZE),
@@ -235,14 +255,19 @@ class CoordinatorClient:
                     capacity=_check(get_int, item, "capacity"),
                     free=_check(get_int, item, "free"),
                     used=_check(get_int, item, "used"),
-                    alive=_check(get_bool, item, "alive"),
+                    alive=alive,
                     uptime=_fraction(item, "uptime"),
                     audits_ok=_check(get_int, item, "audits_ok"),
                     audits_failed=_check(get_int, item, "audits_failed"),
                     reputation=_fraction(item, "reputation"),
                     eligible=_check(get_bool, item, "eligible", default=True),
+                    offline_for=_offline_for(item, alive),
+                    disqualified=_check(get_bool, item, "disqualified", default=False),
                 )
             )
+        if len({p.id for p in out}) != len(out):
+            # Two rows for one peer would let a hostile coordinator pick which state a client sees.
+            raise ProtocolError("malformed coordinator answer: the same peer listed twice")
         return out
 
     async def report_audit(self, peer: bytes, ok: bool) -> bool:

@@ -24,10 +24,11 @@ from transport.coordinator import (
     username_claim_message,
 )
 from transport.coordinator_client import CoordinatorClient, deposit_anonymously
-from transport.errors import HandshakeError, RemoteError
+from transport.errors import HandshakeError, ProtocolError, RemoteError
 from transport.peer_id import parse_peer_id
 from transport.pool import PeerPool, open_pool
 from transport.rpc import RpcConnection
+from transport.server import RpcService, serve_rpc
 
 TEST_DEADLINE = 15.0
 
@@ -133,6 +134,10 @@ def test_register_heartbeat_find_peers(tmp_path: Path) -> None:
                 assert (r1.capacity, r1.free, r1.used, r1.alive) == (10_000, 4_000, 6_000, True)
                 assert r3.alive is False and r3.uptime < r1.uptime <= 1.0
                 assert r1.uptime > 0.6
+                # offline_for is the coordinator's own count since the last heartbeat (0 while alive):
+                # p3 last spoke before the 0.9 s loop and is dead only after 3 x 0.2 s.
+                assert r1.offline_for == 0.0 and 0.6 <= r3.offline_for < 10.0
+                assert not r1.disqualified and not r3.disqualified
                 assert r1.audits_ok == r1.audits_failed == 0 and r1.reputation == 0.5
 
                 # A peer that restarts on a new port re-registers; clients find it by id.
@@ -177,7 +182,8 @@ def test_audit_reports_move_reputation(tmp_path: Path) -> None:
                 bad = records[peer.id]
                 assert (bad.audits_ok, bad.audits_failed) == (0, 3)
                 assert bad.reputation < 0.25 and not bad.eligible
-                assert records[good.id].reputation > 0.5
+                assert bad.disqualified and bad.alive  # heartbeating, but its data should move away
+                assert records[good.id].reputation > 0.5 and not records[good.id].disqualified
                 # Below the floor: no longer offered for placement.
                 assert {f.id for f in await a.client.find_peers(10)} == {good.id}
 
@@ -477,5 +483,72 @@ def test_malformed_arguments_are_refused_and_server_keeps_serving(tmp_path: Path
             assert await bystander.client.list_peers() == []
             await bystander.client.register("127.0.0.1:9300", capacity=10, free=10)
             assert [p.id for p in await attacker.client.find_peers(3)] == [bystander.id]
+
+    run(body)
+
+
+# ---- a hostile coordinator ---------------------------------------------------
+
+
+class _ListPeersLiar(RpcService):
+    """A "coordinator" whose list_peers answers whatever row the test gives it."""
+
+    def __init__(self) -> None:
+        self.rows: list = []
+
+    async def rpc_list_peers(self, ctx: object, args: dict) -> list:
+        """The rows set by the test, as they are."""
+        return self.rows
+
+
+def _peer_row(**changes: object) -> dict:
+    row = {"id": bytes(range(32)), "address": "127.0.0.1:9400", "capacity": 10, "free": 5, "used": 5,
+           "alive": False, "uptime": 0.5, "audits_ok": 0, "audits_failed": 0, "reputation": 0.5,
+           "eligible": False, "disqualified": False, "offline_for": 120.0}
+    row.update(changes)
+    return {k: v for k, v in row.items() if v is not _MISSING}
+
+
+_MISSING = object()
+
+
+def test_offline_for_from_a_hostile_coordinator_is_refused_clearly(tmp_path: Path) -> None:
+    """offline_for decides when data is rebuilt: odd types, ranges and contradictions are protocol errors."""
+
+    async def body() -> None:
+        liar = _ListPeersLiar()
+        key = PrivateKey.generate()
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(serve_rpc, liar, bytes(key), "127.0.0.1", 0)
+            addr = "127.0.0.1:%d" % listeners[0].socket.getsockname()[1]
+            async with party(addr) as user:
+                liar.rows = [_peer_row()]
+                [record] = await user.client.list_peers()
+                assert (record.offline_for, record.disqualified) == (120.0, False)
+                # An older coordinator says nothing: None, which health treats as "gone for an unknown time".
+                liar.rows = [_peer_row(offline_for=_MISSING, disqualified=_MISSING)]
+                [record] = await user.client.list_peers()
+                assert (record.offline_for, record.disqualified) == (None, False)
+                bad_rows = [
+                    (_peer_row(offline_for=-1), "'offline_for' must be a number of seconds"),
+                    (_peer_row(offline_for=float("nan")), "'offline_for' must be a number of seconds"),
+                    (_peer_row(offline_for=float("inf")), "'offline_for' must be a number of seconds"),
+                    (_peer_row(offline_for=10**400), "'offline_for' must be a number of seconds"),
+                    (_peer_row(offline_for="120"), "'offline_for' must be a number of seconds"),
+                    (_peer_row(offline_for=True), "'offline_for' must be a number of seconds"),
+                    (_peer_row(offline_for=None), "'offline_for' must be a number of seconds"),
+                    (_peer_row(alive=True, offline_for=5.0), "an alive peer cannot have been offline"),
+                    (_peer_row(disqualified=1), "'disqualified' must be true or false"),
+                ]
+                for row, message in bad_rows:
+                    liar.rows = [row]
+                    with pytest.raises(ProtocolError, match="malformed coordinator answer") as info:
+                        await user.client.list_peers()
+                    assert message in str(info.value), (row, info.value)
+                # Two rows for one peer: the client would not know which state to believe.
+                liar.rows = [_peer_row(), _peer_row(alive=True, offline_for=0)]
+                with pytest.raises(ProtocolError, match="the same peer listed twice"):
+                    await user.client.list_peers()
+            nursery.cancel_scope.cancel()
 
     run(body)
