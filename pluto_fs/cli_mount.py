@@ -11,12 +11,19 @@ import sys
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import trio
 
 from .errors import HomeError, PlutoError
 from .home import Config, Home, home_path
 from .mount import MountOptions, is_mounted, pid_file, run_mount
 from .units import format_size
+
+if TYPE_CHECKING:
+    from transport.coordinator_client import PeerRecord
+
+    from .health import PeerState
 
 
 def _check_mountpoint(path: Path) -> None:
@@ -103,6 +110,32 @@ def _bar(done: int, total: int, width: int = 24) -> str:
     return "[" + "#" * full + "-" * (width - full) + f"] {frac * 100:3.0f}%"
 
 
+def _duration(seconds: float) -> str:
+    """A short human duration: 45 s, 12 min, 5.5 h, 3.0 d."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _state_text(record: PeerRecord, state: PeerState, grace: float) -> str:
+    """One peer's state as `pluto status` and `pluto peers` print it."""
+    from .health import PeerState
+
+    if state is PeerState.HEALTHY:
+        return "healthy"
+    if record.disqualified:
+        return "LOST (disqualified)"
+    if record.offline_for is None:
+        return "LOST (offline)"
+    if state is PeerState.OFFLINE:
+        return f"offline {_duration(record.offline_for)} of {_duration(grace)}"
+    return f"LOST (offline {_duration(record.offline_for)})"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """What is uploading, which peers are healthy, what is at risk."""
     home = Home(home_path(args.home))
@@ -123,7 +156,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         peer_error = None
     except Exception as exc:  # the status must show even with the coordinator down
         records, allowance, peer_error = [], None, str(exc)
-    alive = [p for p in records if p.alive]
+    from .health import PeerState, peer_state
+
+    grace = config.repair_grace
+    states = {p.id: peer_state(p, grace) for p in records}
+    alive = [p for p in records if states[p.id] is PeerState.HEALTHY]
+    offline = [p for p in records if states[p.id] is PeerState.OFFLINE]
+    lost = [p for p in records if states[p.id] is PeerState.LOST]
     status = {
         "mounted": mount_alive,
         "mountpoint": info.get("mountpoint") if mount_alive else None,
@@ -134,6 +173,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         "health": info.get("health", {}) if mount_alive else {},
         "peers_total": len(records),
         "peers_alive": len(alive),
+        "peers_offline": len(offline),
+        "peers_lost": len(lost),
+        "repair_grace": grace,
         "k": config.k,
         "n": config.n,
         "device_id": home.device_id(),
@@ -142,17 +184,26 @@ def cmd_status(args: argparse.Namespace) -> int:
             "allowed": allowance.allowed, "used": allowance.used,
         },
         "coordinator_error": peer_error,
-        "peers": [{"id": p.id.hex(), "address": p.address, "alive": p.alive, "uptime": p.uptime,
+        "peers": [{"id": p.id.hex(), "address": p.address, "state": states[p.id].value, "alive": p.alive,
+                   "offline_for": p.offline_for, "disqualified": p.disqualified, "uptime": p.uptime,
                    "reputation": p.reputation, "free": p.free} for p in records],
     }
     lost_tolerance = config.n - config.k
-    down = len(records) - len(alive)
+    down = len(offline) + len(lost)
     status["at_risk"] = down > 0
-    status["risk"] = (
-        "unreadable: fewer peers than k are up" if len(alive) < config.k
-        else f"{down} peer(s) down: data stays readable while at most {lost_tolerance} of each pack's {config.n} are lost"
-        if down else "none"
-    )
+    if len(alive) < config.k:
+        risk = "unreadable: fewer peers than k are up"
+    elif down:
+        parts = []
+        if offline:
+            parts.append(f"{len(offline)} peer(s) offline (their data still counts until {_duration(grace)} "
+                         "away, unless a pack is one loss from unreadable)")
+        if lost:
+            parts.append(f"{len(lost)} peer(s) lost (what they held is rebuilt on other peers)")
+        risk = "; ".join(parts) + f": data stays readable while at most {lost_tolerance} of each pack's {config.n} are away"
+    else:
+        risk = "none"
+    status["risk"] = risk
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -167,8 +218,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"repair: {h.get('progress', '')}")
         elif h.get("last_check"):
             print(f"last audit: {time.strftime('%H:%M:%S', time.localtime(h['last_check']))}, "
-                  f"{h.get('degraded', 0)} degraded and {h.get('unreadable', 0)} unreadable packs in the sample, "
-                  f"{h.get('repaired', 0)} repaired since mount")
+                  f"{h.get('degraded', 0)} degraded and {h.get('unreadable', 0)} unreadable packs in the sample "
+                  f"({h.get('waiting', 0)} waiting for offline peers), {h.get('repaired', 0)} repaired since mount")
     else:
         print("not mounted (nothing uploading)")
     print(f"device id: {status['device_id']}  (give it to `pluto serve --owner` to earn space)")
@@ -179,11 +230,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if peer_error:
         print(f"coordinator unreachable: {peer_error}")
     else:
-        print(f"peers: {len(alive)} of {len(records)} healthy (data needs {config.k} of {config.n} per pack)")
+        print(f"peers: {len(alive)} of {len(records)} healthy, {len(offline)} offline, {len(lost)} lost "
+              f"(data needs {config.k} of {config.n} per pack; repair grace {_duration(grace)})")
         for p in records:
-            state = "up  " if p.alive else "DOWN"
-            print(f"  {state} {p.address:<22} uptime {p.uptime * 100:5.1f}%  reputation {p.reputation:.2f}  "
-                  f"free {format_size(p.free)}")
+            print(f"  {_state_text(p, states[p.id], grace):<24} {p.address:<22} uptime {p.uptime * 100:5.1f}%  "
+                  f"reputation {p.reputation:.2f}  free {format_size(p.free)}")
     print(f"at risk: {status['risk']}")
     return 0
 
@@ -201,15 +252,19 @@ def cmd_peers(args: argparse.Namespace) -> int:
             return await CoordinatorClient.from_pool(pool, config.coordinator).list_peers()
 
     records = trio.run(run)
+    from .health import peer_state
+
+    states = {p.id: peer_state(p, config.repair_grace) for p in records}
     if args.json:
-        print(json.dumps([{"id": p.id.hex(), "address": p.address, "alive": p.alive, "capacity": p.capacity,
+        print(json.dumps([{"id": p.id.hex(), "address": p.address, "state": states[p.id].value, "alive": p.alive,
+                           "offline_for": p.offline_for, "disqualified": p.disqualified, "capacity": p.capacity,
                            "free": p.free, "uptime": p.uptime, "reputation": p.reputation,
                            "audits_ok": p.audits_ok, "audits_failed": p.audits_failed} for p in records], indent=2))
         return 0
-    print(f"{'address':<22} {'state':<6} {'capacity':>10} {'free':>10} {'uptime':>7} {'rep':>5}  audits ok/failed")
+    print(f"{'address':<22} {'state':<24} {'capacity':>10} {'free':>10} {'uptime':>7} {'rep':>5}  audits ok/failed")
     for p in records:
-        print(f"{p.address:<22} {'up' if p.alive else 'DOWN':<6} {format_size(p.capacity):>10} {format_size(p.free):>10} "
-              f"{p.uptime * 100:6.1f}% {p.reputation:5.2f}  {p.audits_ok}/{p.audits_failed}")
+        print(f"{p.address:<22} {_state_text(p, states[p.id], config.repair_grace):<24} {format_size(p.capacity):>10} "
+              f"{format_size(p.free):>10} {p.uptime * 100:6.1f}% {p.reputation:5.2f}  {p.audits_ok}/{p.audits_failed}")
     return 0
 
 

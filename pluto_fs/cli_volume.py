@@ -155,10 +155,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             sys.stderr.write("\r" + msg + "   ")
             sys.stderr.flush()
 
+    # --now: the person at the keyboard knows the peer is gone (or accepts the traffic);
+    # by default a hand-run repair waits for offline peers like the background one does.
+    grace = 0.0 if args.now else home.config().repair_grace
+
     async def run():
         async with open_volume(home) as vol:
             cap, _ = await Tree(vol, vol.keys.root).open_dir(args.path)
-            return await check(vol, cap, repair=args.repair, gc=args.gc, gc_min_age=args.gc_min_age, progress=say)
+            return await check(vol, cap, repair=args.repair, gc=args.gc, gc_min_age=args.gc_min_age, progress=say,
+                               grace=grace)
 
     report = trio.run(run)
     if sys.stderr.isatty() and not args.json:
@@ -169,6 +174,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"checked {report.folders} folders, {report.files} files, {report.packs} packs "
               f"({report.fragments_checked} fragments challenged, {report.fragments_failed} failed)")
         print(f"degraded packs: {report.packs_degraded}, unreadable: {report.packs_unreadable}")
+        if report.packs_waiting:
+            print(f"{report.packs_waiting} packs have fragments on peers offline for less than the repair grace "
+                  f"({grace / 3600:g} h): not repaired yet (`pluto check --repair --now` repairs them at once)")
         if args.repair:
             print(f"repaired {report.packs_repaired} packs ({report.fragments_rebuilt} fragments rebuilt), "
                   f"{report.slots_rewritten} slots re-replicated")
@@ -205,6 +213,9 @@ def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: s
     p = sub.add_parser("check", help="audit your data on the peers; --repair rebuilds what is degraded")
     p.add_argument("path", nargs="?", default="/", metavar="REMOTE_DIR")
     p.add_argument("--repair", action="store_true", help="rebuild missing fragments on new peers")
+    p.add_argument("--now", "--ignore-grace", dest="now", action="store_true",
+                   help="treat peers that are offline but within the repair grace (config repair_grace) as lost: "
+                        "with --repair, rebuild their fragments now")
     p.add_argument("--gc", action="store_true", help="delete packs that no file uses any more")
     p.add_argument("--gc-min-age", type=float, default=3600.0, metavar="SECONDS",
                    help="only collect packs older than this (default 3600: a running mount may not have published them yet)")

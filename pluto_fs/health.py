@@ -6,11 +6,19 @@
   the peer in containment: the same challenge is asked again, up to
   CONTAINMENT_RETRIES times, before it counts as a failure. Outcomes go to
   the coordinator, whose reputation scores decide placement.
-- Repair: a pack with fewer healthy columns than the threshold (k+1 by
-  default; `pluto check --repair` repairs anything below n) gets its missing
-  fragments rebuilt from any k and placed on new peers; the pack record is
-  re-signed with the new placement. Slots (folders, pack records) are
-  re-written to the peers that now rank highest for them.
+- Peer states (`peer_state`): healthy (heartbeating), offline (silent for
+  less than the repair grace, expected back), lost (silent longer, unknown
+  to the coordinator, or disqualified by it). Offline peers are not asked:
+  a challenge would only time out.
+- Repair (`repair_plan`, rule in docs/TRUST.md): fragments on offline peers
+  still count towards a pack's health, so a reboot or a night off does not
+  move data; lost ones are rebuilt from any k onto new peers once fewer
+  than the threshold (k + repair_margin in the background, n for `pluto
+  check --repair`) remain. A pack with fewer than k + 1 fragments reachable
+  right now is repaired whatever the grace, offline columns included: one
+  more absence would make it unreadable. The pack record is re-signed with
+  the new placement; slots (folders, pack records) are re-written to the
+  peers that now rank highest for them.
 - GC: packs this user uploaded that no file refers to any more have their
   fragments deleted (the peers give the space back).
 """
@@ -19,8 +27,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 
 import trio
 
@@ -30,6 +39,7 @@ from cryptree.errors import CryptreeError
 from cryptree.filenode import FileRef
 from cryptree.merkle import leaf_count
 from cryptree.packrecord import Locator, PackRecord, pack_write_cap, seal_pack_record
+from transport.coordinator_client import PeerRecord
 from transport.errors import RemoteError, RequestTimeout, TransportError
 
 from .errors import NotEnoughPeers, PlutoError
@@ -42,6 +52,36 @@ log = logging.getLogger(__name__)
 CONTAINMENT_RETRIES = 2
 
 
+class PeerState(str, Enum):
+    """What a client makes of a storage peer when deciding on repair."""
+
+    HEALTHY = "healthy"  # heartbeating: its fragments are audited and read
+    OFFLINE = "offline"  # silent for less than the grace: its fragments still count, but are not asked for
+    LOST = "lost"  # silent longer, unknown to the coordinator, or disqualified: rebuild what it held
+
+
+def peer_state(record: PeerRecord | None, grace: float) -> PeerState:
+    """Classify one peer from the coordinator's record of it, with a repair grace of `grace` seconds.
+
+    A grace of 0 gives the rule without a grace period: anything not
+    heartbeating is lost.
+    """
+    if record is None or record.disqualified:
+        return PeerState.LOST
+    if record.alive:
+        return PeerState.HEALTHY
+    # No offline_for (an older coordinator) means "silent for an unknown time": treated as lost,
+    # which is the behaviour from before the grace period existed.
+    if record.offline_for is not None and record.offline_for < grace:
+        return PeerState.OFFLINE
+    return PeerState.LOST
+
+
+def peer_states(records: Mapping[bytes, PeerRecord], grace: float) -> dict[bytes, PeerState]:
+    """`peer_state` for every peer the coordinator listed."""
+    return {pid: peer_state(r, grace) for pid, r in records.items()}
+
+
 @dataclass
 class PackHealth:
     """The state of one pack after an audit."""
@@ -51,12 +91,45 @@ class PackHealth:
     seq: int
     layout: PackLayout
     peers: tuple[bytes, ...]
-    healthy: list[bool]
+    healthy: list[bool]  # the peer is up and proved it holds the column's fragments
+    offline: list[bool] = field(default_factory=list)  # the peer is within the grace: not asked, expected back
+
+    def __post_init__(self) -> None:
+        if not self.offline:
+            self.offline = [False] * len(self.healthy)
 
     @property
     def healthy_count(self) -> int:
-        """Columns whose peer proved it holds every fragment."""
+        """Columns whose peer proved it holds every fragment: what can be read right now."""
         return sum(self.healthy)
+
+    @property
+    def offline_count(self) -> int:
+        """Columns on peers silent for less than the repair grace."""
+        return sum(self.offline)
+
+    @property
+    def durable_count(self) -> int:
+        """Columns that count towards durability: proven now, or on a peer within the grace."""
+        return self.healthy_count + self.offline_count
+
+
+def repair_plan(health: PackHealth, below: int) -> list[int]:
+    """The columns to rebuild for a pack with repair threshold `below` ([] if it should wait).
+
+    - Fewer than k + 1 fragments reachable now: every column not proven
+      healthy, offline ones included. One more absence would make the pack
+      unreadable, and the peers counted on to come back may never do so.
+    - Else fewer than `below` fragments durable (healthy or offline): the
+      lost columns only; offline ones are expected back within the grace.
+    - Else nothing: the pack waits (an offline peer that returns costs no traffic).
+    """
+    n, k = health.layout.n, health.layout.k
+    if health.healthy_count < k + 1:
+        return [c for c in range(n) if not health.healthy[c]]
+    if health.durable_count < below:
+        return [c for c in range(n) if not health.healthy[c] and not health.offline[c]]
+    return []
 
 
 @dataclass
@@ -68,7 +141,9 @@ class CheckReport:
     packs: int = 0
     fragments_checked: int = 0
     fragments_failed: int = 0
-    packs_degraded: int = 0
+    fragments_offline: int = 0  # on peers within the repair grace: not asked, still counted
+    packs_degraded: int = 0  # fewer than n fragments healthy right now (offline ones included)
+    packs_waiting: int = 0  # degraded partly by offline peers whose fragments the grace keeps from repair
     packs_unreadable: int = 0
     packs_repaired: int = 0
     fragments_rebuilt: int = 0
@@ -123,21 +198,25 @@ async def _collect_file(volume: Volume, ref: FileRef, size: int, inv: Inventory)
 class Doctor:
     """Audits and repairs the packs of one volume."""
 
-    def __init__(self, volume: Volume, rng: random.Random | None = None) -> None:
+    def __init__(self, volume: Volume, rng: random.Random | None = None, grace: float = 0.0) -> None:
+        """Audit and repair `volume`'s packs; peers silent for less than `grace` seconds count as offline, not lost."""
         self.volume = volume
         self.packs = volume.packs
         self.net = volume.net
         self.rng = rng or random.Random()
+        self.grace = grace
 
     async def audit(self, loc: Locator, report: CheckReport | None = None) -> PackHealth:
         """Challenge every fragment column of a pack once (with containment on timeouts)."""
         seq, layout, peers = await self.packs.fetch_record(loc.record)
-        alive = {pid for pid, r in (await self.net.peers(refresh=True)).items() if r.alive}
+        records = await self.net.peers(refresh=True)
+        states = [peer_state(records.get(pid), self.grace) for pid in peers]
         healthy = [False] * layout.n
+        offline = [state is PeerState.OFFLINE for state in states]
 
         async def column(col: int) -> None:
-            if peers[col] not in alive:
-                return  # the coordinator has not heard from it: nothing to ask
+            if states[col] is not PeerState.HEALTHY:
+                return  # silent or disqualified: a challenge would only time out or not be believed
             ok = await self._challenge_column(layout, peers[col], col)
             healthy[col] = ok
             if report is not None:
@@ -148,7 +227,7 @@ class Doctor:
         async with trio.open_nursery() as nursery:
             for col in range(layout.n):
                 nursery.start_soon(column, col)
-        return PackHealth(loc.record, loc.nonce, seq, layout, peers, healthy)
+        return PackHealth(loc.record, loc.nonce, seq, layout, peers, healthy, offline)
 
     async def _challenge_column(self, layout: PackLayout, peer: bytes, col: int) -> bool:
         for index, seg in enumerate(layout.segments):
@@ -169,16 +248,16 @@ class Doctor:
                 return False
         return True
 
-    async def repair(self, health: PackHealth, target: int | None = None) -> int:
-        """Rebuild unhealthy columns onto new peers until `target` (default n) are healthy.
+    async def repair(self, health: PackHealth, columns: list[int] | None = None) -> int:
+        """Rebuild `columns` (default: every column not proven healthy) onto new peers.
 
         Returns the number of fragments rebuilt. Only the owner can repair:
-        the new placement is signed with the pack's write key.
+        the new placement is signed with the pack's write key. Fragments are
+        read only from columns proven healthy, never from offline peers.
         """
         layout = health.layout
-        target = layout.n if target is None else target
-        missing = [c for c in range(layout.n) if not health.healthy[c]]
-        if not missing or health.healthy_count >= target:
+        missing = [c for c in range(layout.n) if not health.healthy[c]] if columns is None else list(columns)
+        if not missing:
             return 0
         good = [c for c in range(layout.n) if health.healthy[c]]
         if len(good) < layout.k:
@@ -244,17 +323,19 @@ class Doctor:
 
 async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = False, gc: bool = False,
                 gc_min_age: float = 3600.0, progress: Callable[[str], None] | None = None,
-                repair_below: int | None = None, sample: int | None = None) -> CheckReport:
+                repair_below: int | None = None, sample: int | None = None, grace: float = 0.0) -> CheckReport:
     """Audit everything reachable from `root`; with `repair`, fix what is degraded; with `gc`, free what is unused.
 
-    `repair_below`: repair only packs with fewer healthy fragments than this
-    (the background repairer uses k+1; by default anything below n).
+    `repair_below`: repair only packs with fewer durable fragments than this
+    (the background repairer uses k + repair_margin; by default anything below n).
     `sample`: audit only this many packs, chosen at random (background rounds).
+    `grace`: seconds a silent peer's fragments still count (`repair_plan`);
+    0, the default here, repairs anything on a peer that is not heartbeating.
     """
     report = CheckReport()
     inv = await inventory(volume, root)
     report.folders, report.files, report.packs = len(inv.folders), inv.files, len(inv.packs)
-    doctor = Doctor(volume)
+    doctor = Doctor(volume, grace=grace)
     chosen = list(inv.packs.values())
     if sample is not None and sample < len(chosen):
         chosen = doctor.rng.sample(chosen, sample)
@@ -267,14 +348,18 @@ async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = Fals
             report.packs_unreadable += 1
             report.problems.append(str(exc))
             continue
+        report.fragments_offline += health.offline_count * len(health.layout.segments)
         if health.healthy_count < health.layout.n:
             report.packs_degraded += 1
             if health.healthy_count < health.layout.k:
                 report.packs_unreadable += 1
             below = health.layout.n if repair_below is None else repair_below
-            if repair and health.healthy_count < below:
+            columns = repair_plan(health, below)
+            if health.offline_count and not any(health.offline[c] for c in columns):
+                report.packs_waiting += 1
+            if repair and columns:
                 try:
-                    rebuilt = await doctor.repair(health)
+                    rebuilt = await doctor.repair(health, columns)
                 except (NotEnoughPeers, PlutoError, TransportError) as exc:
                     report.problems.append(f"repair failed: {exc}")
                     continue

@@ -42,6 +42,9 @@ class Config:
     request_timeout: float = 10.0
     audit_interval: float = 600.0  # seconds between background audit/repair rounds of a mount
     repair_margin: int = 2  # background repair when fewer than k + repair_margin fragments are healthy
+    # Seconds a silent peer's fragments still count as there (docs/TRUST.md): 72 h, after
+    # docs/SIMULATION.md; without it every night's shutdown would be repaired.
+    repair_grace: float = 72 * 3600.0
     share_poll: float = 10.0  # seconds after which the mount reloads what others share with us
     extra: dict = field(default_factory=dict)
 
@@ -65,6 +68,10 @@ class Config:
             raise HomeError("config: share_poll must be from 0.5 to 86400 seconds")
         if not (isinstance(self.audit_interval, (int, float)) and 1 <= self.audit_interval <= 7 * 86400):
             raise HomeError("config: audit_interval must be from 1 second to 7 days")
+        # bool is an int to Python, and NaN fails every comparison: both are refused here.
+        if (isinstance(self.repair_grace, bool) or not isinstance(self.repair_grace, (int, float))
+                or not 0 <= self.repair_grace <= 365 * 86400):
+            raise HomeError("config: repair_grace must be a number of seconds from 0 to 31536000 (365 days)")
 
 
 def _write_private(path: Path, data: bytes) -> None:

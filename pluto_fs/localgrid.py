@@ -141,6 +141,13 @@ class LocalGrid:
             self.root / f"peer{i}.log",
         )
 
+    def restart_peer(self, i: int) -> None:
+        """Start storage peer `i` again on its old port and store (a reboot, after `stop` or `kill` of it)."""
+        port = self.storage[i].port
+        self.storage[i].stop()
+        self.storage[i] = self._peer_process(i, port)
+        self.storage[i].start()
+
     def restart_all(self) -> None:
         """Stop every process and start it again on the same port and state."""
         self.stop()
