@@ -13,6 +13,7 @@ the handshake itself, whose messages are tiny and bounded.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import trio
 from noise.connection import Keypair, NoiseConnection
@@ -48,31 +49,72 @@ class NoiseChannel:
         or the socket failed) leaves the stream unusable, so the channel is
         then marked broken and closed rather than reused.
         """
-        if len(payload) > MESSAGE_MAX:
+        await self.send_parts((payload,))
+
+    async def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send the concatenation of `parts` as one application message, without joining them first.
+
+        Lets a caller put a small header in front of a large piece of data
+        without copying the data into a new buffer just to prepend it.
+        """
+        views = [memoryview(p).cast("B") for p in parts]
+        total = sum(len(v) for v in views)
+        if total > MESSAGE_MAX:
             raise ProtocolError("outgoing message too large")
-        view = memoryview(payload)
-        head = FRAME_PLAINTEXT_MAX - 4
-        async with self._send_lock:
+        # Fast path: an uncontended `async with lock` still costs a scheduler round.
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             if self._broken:
                 raise ConnectionClosed("connection broken by an interrupted send")
-            # The 4-byte length shares the first frame with the payload's start, so a
-            # large payload is never copied whole just to prepend its header.
-            out = bytearray()
-            self._append_frames(out, memoryview(struct.pack(">I", len(view)) + bytes(view[:head])))
-            self._append_frames(out, view[head:])
+            out = self._frames(views, total)
             self._broken = True
             try:
                 await self.stream.send_all(out)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ConnectionClosed("connection lost while sending") from exc
             self._broken = False
+        finally:
+            self._send_lock.release()
 
-    def _append_frames(self, out: bytearray, view: memoryview) -> None:
+    def _frames(self, views: list[memoryview], total: int) -> bytearray:
+        """Encrypt the 4-byte length plus `views` into length-prefixed Noise frames.
+
+        Full frames are encrypted straight from the caller's buffers; only the
+        bytes of a frame that straddles two parts (the length, a header) are joined.
+        """
         encrypt = self._enc.encrypt_with_ad
-        for off in range(0, len(view), FRAME_PLAINTEXT_MAX):
-            ct = encrypt(None, view[off : off + FRAME_PLAINTEXT_MAX])
-            out += len(ct).to_bytes(2, "big")
-            out += ct
+        out = bytearray()
+
+        def emit(plain: bytes | memoryview) -> None:
+            ct = encrypt(None, plain)
+            out.extend(len(ct).to_bytes(2, "big"))
+            out.extend(ct)
+
+        pending: list[bytes | memoryview] = [struct.pack(">I", total)]
+        pending_len = 4
+        for view in views:
+            n = len(view)
+            off = 0
+            if pending_len:
+                off = min(FRAME_PLAINTEXT_MAX - pending_len, n)
+                pending.append(view[:off])
+                pending_len += off
+                if pending_len < FRAME_PLAINTEXT_MAX:
+                    continue
+                emit(b"".join(pending))
+                pending, pending_len = [], 0
+            while n - off >= FRAME_PLAINTEXT_MAX:
+                emit(view[off : off + FRAME_PLAINTEXT_MAX])
+                off += FRAME_PLAINTEXT_MAX
+            if off < n:
+                pending.append(view[off:])
+                pending_len = n - off
+        if pending_len:
+            emit(b"".join(pending))
+        return out
 
     async def _fill_raw(self) -> None:
         try:
@@ -91,15 +133,26 @@ class NoiseChannel:
             raise ProtocolError("encrypted frame shorter than its tag")
         while len(self._raw) < 2 + size:
             await self._fill_raw()
-        frame = bytes(self._raw[2 : 2 + size])
-        del self._raw[: 2 + size]
+        # Decrypt straight out of the receive buffer (no copy of the frame); the
+        # views must be released before the buffer can shrink.
+        raw = memoryview(self._raw)
+        frame = raw[2 : 2 + size]
         try:
-            self._plain += self._dec.decrypt_with_ad(None, frame)
+            plaintext = self._dec.decrypt_with_ad(None, frame)
         except Exception as exc:  # InvalidTag and friends: forged or corrupted frame
             raise ProtocolError("frame failed authentication") from exc
+        finally:
+            frame.release()
+            raw.release()
+        del self._raw[: 2 + size]
+        self._plain += plaintext
 
-    async def receive_message(self) -> bytes:
-        """Receive the next application message (bounded by MESSAGE_MAX)."""
+    async def receive_message(self) -> bytearray:
+        """Receive the next application message (bounded by MESSAGE_MAX).
+
+        Returns a fresh bytearray the caller owns (one copy out of the
+        channel's buffer), so views into it stay valid.
+        """
         while len(self._plain) < 4:
             await self._decrypt_one_frame()
         size = int.from_bytes(self._plain[:4], "big")
@@ -107,7 +160,7 @@ class NoiseChannel:
             raise ProtocolError(f"incoming message of {size} bytes exceeds the limit of {MESSAGE_MAX}")
         while len(self._plain) < 4 + size:
             await self._decrypt_one_frame()
-        msg = bytes(self._plain[4 : 4 + size])
+        msg = self._plain[4 : 4 + size]
         del self._plain[: 4 + size]
         return msg
 

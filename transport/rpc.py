@@ -15,7 +15,6 @@ import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +29,61 @@ from .peer_id import peer_id_text
 log = logging.getLogger(__name__)
 
 _STREAM_BUFFER = 8  # pieces buffered per stream before backpressure applies
+
+
+def _cbor_head(major: int, n: int) -> bytes:
+    """The shortest CBOR head of major type `major` with argument `n`."""
+    m = major << 5
+    if n < 24:
+        return bytes((m | n,))
+    if n < 0x100:
+        return bytes((m | 24, n))
+    if n < 0x10000:
+        return bytes((m | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((m | 26,)) + n.to_bytes(4, "big")
+    return bytes((m | 27,)) + n.to_bytes(8, "big")
+
+
+def _piece_header(kind: int, call_id: int, length: int) -> bytes:
+    """CBOR bytes of `[kind, call_id, <byte string of length>]` up to the data itself.
+
+    Stream pieces are the bulk of the traffic; building their header by hand
+    lets the data go out without `bytes(piece)` and `cbor2.dumps` copying it.
+    The result is exactly what cbor2 would encode.
+    """
+    return b"\x83" + _cbor_head(0, kind) + _cbor_head(0, call_id) + _cbor_head(2, length)
+
+
+def _read_head(buf: bytearray, pos: int, major: int) -> tuple[int, int] | None:
+    """Argument and end of a definite-length CBOR head of type `major` at `pos`, or None."""
+    if pos >= len(buf) or buf[pos] >> 5 != major:
+        return None
+    info = buf[pos] & 31
+    if info < 24:
+        return info, pos + 1
+    width = {24: 1, 25: 2, 26: 4, 27: 8}.get(info)
+    if width is None or pos + 1 + width > len(buf):
+        return None
+    return int.from_bytes(buf[pos + 1 : pos + 1 + width], "big"), pos + 1 + width
+
+
+def _decode_piece(raw: bytearray) -> wire.Message | None:
+    """Fast path for stream pieces: `[3|5, id, bytes]` exactly, with the data as a view (no copy).
+
+    Accepts only that one precise shape, which wire.decode would accept too;
+    anything else returns None and goes through the strict general decoder.
+    """
+    if len(raw) < 4 or raw[0] != 0x83 or raw[1] not in (wire.UP_DATA, wire.DOWN_DATA):
+        return None
+    head = _read_head(raw, 2, 0)
+    if head is None or head[0] > wire.MAX_ID:
+        return None
+    call_id, pos = head
+    head = _read_head(raw, pos, 2)
+    if head is None or head[1] + head[0] != len(raw):
+        return None
+    return wire.Message(raw[1], call_id, data=memoryview(raw)[head[1] :])  # type: ignore[arg-type]
 
 
 @dataclass
@@ -47,23 +101,29 @@ class CallContext:
         """The caller's peer id, text form."""
         return peer_id_text(self.remote_key)
 
-    async def upload(self) -> AsyncIterator[bytes]:
-        """The pieces the caller streams after its request, until it says the end."""
+    async def upload(self) -> AsyncIterator[bytes | memoryview]:
+        """The pieces the caller streams after its request, until it says the end (may be memoryviews)."""
         if self._upload is None:
             raise RemoteError("bad_request", "this method takes no upload")
+        chan = self._upload
         while True:
-            with trio.move_on_after(STREAM_IDLE_TIMEOUT) as scope:
-                try:
-                    piece = await self._upload.receive()
-                except trio.EndOfChannel:
-                    return
-            if scope.cancelled_caught:
-                raise RemoteError("timeout", f"upload stalled for {STREAM_IDLE_TIMEOUT:g} s")
+            try:  # the reader usually has the next piece buffered already: no timer needed
+                piece = chan.receive_nowait()
+            except trio.WouldBlock:
+                with trio.move_on_after(STREAM_IDLE_TIMEOUT) as scope:
+                    try:
+                        piece = await chan.receive()
+                    except trio.EndOfChannel:
+                        return
+                if scope.cancelled_caught:
+                    raise RemoteError("timeout", f"upload stalled for {STREAM_IDLE_TIMEOUT:g} s")
+            except trio.EndOfChannel:
+                return
             yield piece
 
     async def send_data(self, piece: bytes | memoryview) -> None:
         """Stream one piece of a download to the caller."""
-        await self._conn._send(wire.encode([wire.DOWN_DATA, self._id, bytes(piece)]))
+        await self._conn._send_parts((_piece_header(wire.DOWN_DATA, self._id, len(piece)), piece))
 
 
 Handler = Callable[[CallContext, str, dict], Awaitable[Any]]
@@ -113,10 +173,13 @@ class RpcConnection:
         return self._closed
 
     async def _send(self, payload: bytes) -> None:
+        await self._send_parts((payload,))
+
+    async def _send_parts(self, parts: tuple[bytes | memoryview, ...]) -> None:
         if self._closed:
             raise ConnectionClosed(self._close_reason or "connection closed")
         try:
-            await self.channel.send_message(payload)
+            await self.channel.send_parts(parts)
         finally:
             if self.channel._broken:
                 self._closed = True
@@ -156,18 +219,26 @@ class RpcConnection:
         await self._done.wait()
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
-        while True:
-            with trio.move_on_after(self.idle_timeout) as idle:
-                raw = await self.channel.receive_message()
-            if idle.cancelled_caught:
-                raise ConnectionClosed(f"idle for {self.idle_timeout:g} s")
-            msg = wire.decode(raw)
-            if msg.kind == wire.REQUEST:
-                self._start_request(nursery, msg)
-            elif msg.kind in (wire.RESULT, wire.ERROR, wire.DOWN_DATA):
-                await self._route_to_caller(msg)
-            else:
-                await self._route_upload(msg)
+        # One cancel scope for the connection's life, its deadline pushed forward per
+        # message: a fresh move_on_after per message costs more than the message itself.
+        # Routing below waits at most STREAM_IDLE_TIMEOUT, well inside the idle limit.
+        receive = self.channel.receive_message
+        idle_timeout = self.idle_timeout
+        timed = idle_timeout != math.inf
+        with trio.CancelScope() as idle:
+            while True:
+                if timed:
+                    idle.deadline = trio.current_time() + idle_timeout
+                raw = await receive()
+                msg = _decode_piece(raw) or wire.decode(raw)
+                kind = msg.kind
+                if kind == wire.REQUEST:
+                    self._start_request(nursery, msg)
+                elif kind == wire.UP_DATA or kind == wire.UP_END:
+                    await self._route_upload(msg)
+                else:
+                    await self._route_to_caller(msg)
+        raise ConnectionClosed(f"idle for {idle_timeout:g} s")
 
     def _start_request(self, nursery: trio.Nursery, msg: wire.Message) -> None:
         if msg.id in self._serving:
@@ -222,6 +293,13 @@ class RpcConnection:
         if msg.kind == wire.UP_END:
             chan.close()
             return
+        try:  # usually the stream buffer has room: no timer, no scheduler round
+            chan.send_nowait(msg.data)
+            return
+        except trio.WouldBlock:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # handler stopped reading: the upload is being refused
         with trio.move_on_after(STREAM_IDLE_TIMEOUT) as scope:
             try:
                 await chan.send(msg.data)
@@ -240,6 +318,13 @@ class RpcConnection:
             item = ("result", msg.args)
         else:
             item = ("error", RemoteError(msg.code, msg.text))
+        try:  # a final answer always fits (the caller reads nothing else); a piece usually does
+            pending.send.send_nowait(item)
+            return
+        except trio.WouldBlock:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
         with trio.move_on_after(STREAM_IDLE_TIMEOUT):
             try:
                 await pending.send.send(item)
@@ -268,27 +353,31 @@ class RpcConnection:
         except trio.EndOfChannel:
             raise ConnectionClosed(self._close_reason or "connection closed before the answer") from None
 
-    @asynccontextmanager
-    async def _step(self, timeout: float, what: str) -> AsyncIterator[None]:
-        """Bound one step of a call (waiting for a slot, sending, waiting for an answer)."""
-        with trio.move_on_after(timeout) as scope:
-            yield
-        if scope.cancelled_caught:
-            raise RequestTimeout(f"{what}: no progress within {timeout:g} s")
+    async def _acquire_slot(self) -> None:
+        """Take one of the connection's call slots; no scheduler round when one is free."""
+        try:
+            self._call_slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._call_slots.acquire()
 
     async def call(self, method: str, args: dict | None = None, timeout: float = REQUEST_TIMEOUT) -> Any:
         """Send a request and wait for its result; RemoteError if the remote refused it.
 
         `timeout` bounds the whole call: waiting for a free slot, sending, and the answer.
         """
-        async with self._step(timeout, method):
-            async with self._call_slots:
+        with trio.move_on_after(timeout) as scope:
+            await self._acquire_slot()
+            try:
                 call_id, pending = self._open_call(1)
                 try:
                     await self._send(wire.request(call_id, method, args or {}))
                     kind, value = await self._next_item(pending)
                 finally:
                     self._close_call(call_id)
+            finally:
+                self._call_slots.release()
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"{method}: no progress within {timeout:g} s")
         return self._final(method, kind, value)
 
     async def call_upload(
@@ -300,55 +389,61 @@ class RpcConnection:
         large healthy upload never times out while a stalled one does. An
         early refusal (e.g. over quota) stops the upload at once.
         """
-        async with self._step(timeout, method):
-            await self._call_slots.acquire()
-        try:
-            call_id, pending = self._open_call(1)
+        # One scope for the whole call, its deadline moved forward at every step.
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+            await self._acquire_slot()
             try:
-                async with self._step(timeout, method):
+                call_id, pending = self._open_call(1)
+                try:
+                    scope.deadline = trio.current_time() + timeout
                     await self._send(wire.request(call_id, method, args))
-                for piece in pieces:
-                    if pending.receive.statistics().current_buffer_used:
-                        break  # the remote already answered: stop sending
-                    async with self._step(timeout, method):
-                        await self._send(wire.encode([wire.UP_DATA, call_id, bytes(piece)]))
-                else:
-                    async with self._step(timeout, method):
+                    answered = pending.receive.statistics
+                    for piece in pieces:
+                        if answered().current_buffer_used:
+                            break  # the remote already answered: stop sending
+                        scope.deadline = trio.current_time() + timeout
+                        await self._send_parts((_piece_header(wire.UP_DATA, call_id, len(piece)), piece))
+                    else:
+                        scope.deadline = trio.current_time() + timeout
                         await self._send(wire.encode([wire.UP_END, call_id]))
-                async with self._step(timeout, method):
+                    scope.deadline = trio.current_time() + timeout
                     kind, value = await self._next_item(pending)
+                finally:
+                    self._close_call(call_id)
             finally:
-                self._close_call(call_id)
-        finally:
-            self._call_slots.release()
+                self._call_slots.release()
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"{method}: no progress within {timeout:g} s")
         return self._final(method, kind, value)
 
     async def call_download(
-        self, method: str, args: dict, on_piece: Callable[[bytes], Any], timeout: float = REQUEST_TIMEOUT
+        self, method: str, args: dict, on_piece: Callable[[bytes | memoryview], Any], timeout: float = REQUEST_TIMEOUT
     ) -> Any:
         """Send a request, hand each streamed piece to `on_piece`, return the final result.
 
         `timeout` bounds each step (the request, the gap before each piece),
         not the whole transfer, so a large healthy download never times out
-        while a stalled one does.
+        while a stalled one does. Pieces may arrive as memoryviews.
         """
-        async with self._step(timeout, method):
-            await self._call_slots.acquire()
-        try:
-            call_id, pending = self._open_call(_STREAM_BUFFER)
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+            await self._acquire_slot()
             try:
-                async with self._step(timeout, method):
+                call_id, pending = self._open_call(_STREAM_BUFFER)
+                try:
+                    scope.deadline = trio.current_time() + timeout
                     await self._send(wire.request(call_id, method, args))
-                while True:
-                    async with self._step(timeout, method):
+                    while True:
+                        scope.deadline = trio.current_time() + timeout
                         kind, value = await self._next_item(pending)
-                    if kind != "data":
-                        break
-                    on_piece(value)
+                        if kind != "data":
+                            break
+                        on_piece(value)
+                finally:
+                    self._close_call(call_id)
             finally:
-                self._close_call(call_id)
-        finally:
-            self._call_slots.release()
+                self._call_slots.release()
+        if scope.cancelled_caught:
+            raise RequestTimeout(f"{method}: no progress within {timeout:g} s")
         return self._final(method, kind, value)
 
     @staticmethod
