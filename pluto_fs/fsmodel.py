@@ -134,6 +134,9 @@ class FsModel:
         self._journal_dirs = {w: (cap, seq, state) for w, cap, seq, state in journal.dirs()}
         self._pending_files = journal.pending_files()
         self.changed = trio.Event()  # set on every change: wakes the background flusher
+        # Files being uploaded and the event set when that upload ends. fsync and the
+        # write-back used to store the same file at once (twice the sealing and traffic).
+        self.uploading: dict[FileNode, trio.Event] = {}
         # What others share with us: owner -> (their sharing folder, extra shared folders by name).
         self.shares = shares
         self.shared: DirNode | None = None  # the virtual `shared/` folder in the root
@@ -467,12 +470,35 @@ class FsModel:
                 self.touch_dir(node.parent, times=False)
         self.changed.set()
 
-    async def upload_files(self, nodes: list[FileNode]) -> None:
+    async def upload_files(self, nodes: list[FileNode], wait_busy: bool = True) -> None:
         """Store dirty files' local copies on the network and record their new content.
 
         All files go into the same packs and are flushed once, so a thousand
-        small files cost a few packs, not a thousand.
+        small files cost a few packs, not a thousand. A file another task is
+        already uploading is not stored twice: with `wait_busy` (fsync) this
+        waits for that upload and then stores whatever it did not cover;
+        without (the write-back) it leaves the file to that task.
         """
+        mine: list[FileNode] = []
+        for node in nodes:
+            while (busy := self.uploading.get(node)) is not None and wait_busy:
+                await busy.wait()
+            if node.dirty and node.cache_id is not None and node not in self.uploading:
+                mine.append(node)
+        if not mine:
+            return
+        done = trio.Event()
+        for node in mine:
+            self.uploading[node] = done
+        try:
+            await self._upload(mine)
+        finally:
+            for node in mine:
+                del self.uploading[node]
+            done.set()
+
+    async def _upload(self, nodes: list[FileNode]) -> None:
+        mark = self.volume.upload_mark()
         staged = []
         for node in nodes:
             if not node.dirty or node.cache_id is None:
@@ -486,7 +512,7 @@ class FsModel:
                     previous = None  # dedup is an optimisation: store everything again
             content, size = await self.volume.store_file(self.cache_path(cache_id), previous)
             staged.append((node, version, cache_id, content, size))
-        await self.volume.flush()
+        await self.volume.flush(since=mark)
         for node, version, cache_id, content, size in staged:
             if node.version != version or node.cache_id != cache_id:
                 continue  # written again meanwhile: the next round uploads the newer bytes

@@ -85,7 +85,7 @@ async def _write_back(model: FsModel) -> None:
             now = time.monotonic()
             model.dirty_files -= {f for f in model.dirty_files if f.parent is None}
             ready = [f for f in model.dirty_files if f.writers == 0 or now - f.last_write > IDLE_UPLOAD_AFTER]
-            await model.upload_files(ready[:UPLOAD_BATCH])
+            await model.upload_files(ready[:UPLOAD_BATCH], wait_busy=False)
             await model.publish_dirty()
         except (PlutoError, OSError) as exc:
             log.warning("write-back will retry: %s", exc)

@@ -101,9 +101,11 @@ class Tree:
         cap, directory = await self.open_dir(remote)
         if not isinstance(cap, WriteCap):
             raise PlutoError(f"{remote}: this folder is read-only for you")
-        return await self._upload_dir(Path(local), cap, directory, progress)
+        return await self._upload_dir(Path(local), cap, directory, progress, self.volume.upload_mark())
 
-    async def _upload_dir(self, local: Path, cap: WriteCap, existing: Directory, progress: Progress | None) -> int:
+    async def _upload_dir(
+        self, local: Path, cap: WriteCap, existing: Directory, progress: Progress | None, mark: int
+    ) -> int:
         entries = existing.by_name()
         count = 0
         with os.scandir(local) as it:
@@ -130,7 +132,7 @@ class Tree:
                     child_dir = await self.volume.load_dir(child)
                 else:
                     child, child_dir = new_directory_cap(), Directory(0, None, ())
-                count += await self._upload_dir(Path(item.path), child, child_dir, progress)
+                count += await self._upload_dir(Path(item.path), child, child_dir, progress, mark)
                 entries[name] = DirEntry(name, link_child(cap, child), size=0, **common)
             elif stat.S_ISREG(st.st_mode):
                 data = Path(item.path).read_bytes()
@@ -146,7 +148,7 @@ class Tree:
                 log.warning("skipping %s: only files, folders and symlinks are stored", item.path)
         st = local.stat()
         attrs = DirAttrs(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
-        await self.volume.save_dir(cap, list(entries.values()), attrs, existing.seq)
+        await self.volume.save_dir(cap, list(entries.values()), attrs, existing.seq, since=mark)
         return count
 
     # ---- copying out -----------------------------------------------------------

@@ -75,15 +75,21 @@ class Volume:
     _known: dict[bytes, ChunkRef] = field(default_factory=dict)  # chunk id -> placed (or in-flight) ref
     _builder: PackBuilder | None = None
     _nonce: bytes = b""
-    _in_flight: int = 0
-    _idle: trio.Event = field(default_factory=trio.Event)
-    _upload_errors: list[BaseException] = field(default_factory=list)
+    # Packs shipped and not yet stored or failed, by shipping order, and what each one's
+    # chunks are known as (so a failure can take them back out of dedup).
+    _shipped: int = 0
+    _in_flight: dict[int, trio.Event] = field(default_factory=dict)
+    _builder_chunks: list[tuple[bytes, ChunkRef]] = field(default_factory=list)
+    # Pack failures so far. A caller holding refs compares counts (see `upload_mark`)
+    # instead of taking errors from a shared list: every flush that could hold a ref
+    # into a failed pack must fail, not just whichever flush happened to look first.
+    _failures: int = 0
+    _last_failure: BaseException | None = None
     _upload_slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(PACK_UPLOADS_IN_FLIGHT))
     _chunk_cache: _LRU = field(default_factory=lambda: _LRU(64 << 20))
 
     def __post_init__(self) -> None:
         self.chunker = ChunkerParams(seed=self.keys.chunker_seed)
-        self._idle.set()
 
     # ---- chunks and packs -------------------------------------------------------
 
@@ -103,6 +109,7 @@ class Volume:
         record = pack_write_cap(self.keys.pack_key, self._nonce).read_cap()
         ref = ChunkRef.from_sealed(sealed, Locator(self._nonce, record, offset, length).encode())
         self._known[sealed.chunk_id] = ref
+        self._builder_chunks.append((sealed.chunk_id, ref))
         self.packs.stats.chunk_bytes_packed += length
         return ref
 
@@ -118,30 +125,55 @@ class Volume:
             self._upload_slots.release()  # another task shipped it while we waited
             return
         pack, nonce = self._builder.finish(), self._nonce
+        chunks, self._builder_chunks = self._builder_chunks, []
         self._builder = None
-        self._in_flight += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-        self._nursery.start_soon(self._upload, nonce, pack.data)
+        self._shipped += 1
+        done = self._in_flight[self._shipped] = trio.Event()
+        self._nursery.start_soon(self._upload, self._shipped, done, nonce, pack.data, chunks)
 
-    async def _upload(self, nonce: bytes, data: bytes) -> None:
+    async def _upload(
+        self, number: int, done: trio.Event, nonce: bytes, data: bytes, chunks: list[tuple[bytes, ChunkRef]]
+    ) -> None:
         try:
             await self.packs.upload(nonce, data)
         except (PlutoError, CryptreeError) as exc:
-            self._upload_errors.append(exc)
+            # Take the pack's chunks out of dedup *now*: a store that starts after this
+            # point must seal them again instead of pointing into a pack that is not there.
+            for cid, ref in chunks:
+                if self._known.get(cid) is ref:
+                    del self._known[cid]
+            self._failures += 1
+            self._last_failure = exc
         finally:
             self._upload_slots.release()
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+            del self._in_flight[number]
+            done.set()
 
-    async def flush(self) -> None:
-        """Upload everything queued and wait until it is stored; re-raise any upload failure."""
+    def upload_mark(self) -> int:
+        """A point in upload history: take it before storing, pass it to `flush(since=...)`.
+
+        Refs that `store` hands out may point into packs still uploading (or
+        deduplicated into another caller's pack); if any pack fails after the
+        mark, the flush that follows fails too, so nothing publishes such refs.
+        """
+        return self._failures
+
+    async def flush(self, since: int | None = None) -> None:
+        """Upload everything queued and wait until it is stored.
+
+        Raises the last upload failure if any pack failed after `since` (an
+        `upload_mark`; default: when this flush started). Packs shipped
+        after this flush began are not waited for.
+        """
+        mark = self._failures if since is None else since
         await self._ship_pack()
-        await self._idle.wait()
-        if self._upload_errors:
-            errors, self._upload_errors = self._upload_errors, []
-            self._known.clear()  # refs into a pack that failed must not be reused by dedup
-            raise errors[0]
+        last = self._shipped
+        for number, done in sorted(self._in_flight.items()):
+            if number <= last:
+                await done.wait()
+        if self._failures > mark:
+            assert self._last_failure is not None
+            raise self._last_failure
 
     # ---- files ------------------------------------------------------------------
 
@@ -268,10 +300,19 @@ class Volume:
             raise DamagedError(f"a folder failed verification on the newest copy found ({exc})") from exc
 
     async def save_dir(
-        self, cap: WriteCap, entries: list[DirEntry] | tuple[DirEntry, ...], attrs: DirAttrs | None, prev_seq: int
+        self,
+        cap: WriteCap,
+        entries: list[DirEntry] | tuple[DirEntry, ...],
+        attrs: DirAttrs | None,
+        prev_seq: int,
+        since: int | None = None,
     ) -> Directory:
-        """Publish a new version of a directory, after everything it points to is stored."""
-        await self.flush()
+        """Publish a new version of a directory, after everything it points to is stored.
+
+        `since` is the `upload_mark` taken before the entries' files were
+        stored (see `flush`).
+        """
+        await self.flush(since)
         slot = seal_directory(cap, prev_seq + 1, entries, attrs)
         await self.slots.write(slot)
         return Directory(slot.seq, attrs, tuple(sorted(entries, key=lambda e: e.name)))

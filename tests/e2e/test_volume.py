@@ -228,3 +228,57 @@ def test_a_store_cancelled_midway_then_repeated_publishes_only_stored_packs(grid
     trio.run(run)
     _download(home, tmp_path / "out")  # a fresh volume: nothing cached, everything from peers
     assert (tmp_path / "out" / "big.bin").read_bytes() == src.read_bytes()
+
+
+def test_every_flush_that_may_hold_refs_into_a_failed_pack_fails(grid: LocalGrid, tmp_path: Path) -> None:
+    """Regression: fsync and the write-back flushed at once and only the first to look saw a
+    pack's upload failure; the other acknowledged data that was never stored."""
+    rng = random.Random(4)
+    shared = rng.randbytes(3 << 20)
+    home = _home(tmp_path / "home", grid)
+
+    async def run() -> None:
+        async with open_volume(home) as vol:
+            await _wait_peers(vol)
+            grid.storage[0].kill()  # 3 of 5 left, happy is 4: every pack upload fails
+            grid.storage[1].kill()
+            outcomes: dict[str, str] = {}
+
+            async def store_and_flush(who: str, data: bytes) -> None:
+                mark = vol.upload_mark()
+                await vol.store(data)
+                try:
+                    await vol.flush(since=mark)
+                    outcomes[who] = "acknowledged"
+                except NotEnoughPeers:
+                    outcomes[who] = "failed"
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store_and_flush, "write-back", shared + rng.randbytes(1 << 20))
+                nursery.start_soon(store_and_flush, "fsync", shared)  # dedups into the write-back's pack
+            assert outcomes == {"write-back": "failed", "fsync": "failed"}
+
+            # A pack that fails in the background, before its owner flushes, fails that flush too.
+            mark = vol.upload_mark()
+            await vol.store(rng.randbytes(20 << 20))  # more than a pack: some ship while storing
+            with trio.fail_after(30):
+                while vol.upload_mark() == mark:
+                    await trio.sleep(0.05)
+            with pytest.raises(NotEnoughPeers):
+                await vol.flush(since=mark)
+            await vol.flush()  # nothing new was stored: nothing to report
+
+            # Peers back: the same bytes are sealed and sent again, not deduplicated into
+            # the failed packs, and they read back from a fresh volume.
+            grid.storage[0].start()
+            grid.storage[1].start()
+            await _wait_peers(vol)
+            packed = vol.packs.stats.chunk_bytes_packed
+            mark = vol.upload_mark()
+            content = await vol.store(shared)
+            assert vol.packs.stats.chunk_bytes_packed - packed >= len(shared)
+            await vol.save_dir(vol.keys.root, [DirEntry("shared.bin", content, size=len(shared))], None, 0, since=mark)
+
+    trio.run(run)
+    _download(home, tmp_path / "out")
+    assert (tmp_path / "out" / "shared.bin").read_bytes() == shared
