@@ -267,15 +267,20 @@ class Doctor:
         if not spares:
             raise NotEnoughPeers("no spare peer to repair onto; add storage peers")
         peers = list(health.peers)
+        placed = list(zip(missing, spares))  # with fewer spares than columns, rebuild what fits now
+        columns = [col for col, _ in placed]
+        clients = {col: await self.net.client(spare.id) for col, spare in placed}
         rebuilt = 0
-        for col, spare in zip(missing, spares):
-            client = await self.net.client(spare.id)
-            for index in range(len(layout.segments)):
-                frags = await self.packs.gather(layout, health.peers, index, good)
-                fresh = await trio.to_thread.run_sync(lambda: rebuild_fragments(layout, index, frags, [col]))
-                await client.put_fragment(layout.segments[index].fragment_ids[col], fresh[col])
+        for index in range(len(layout.segments)):
+            # One download of k fragments per segment serves every column rebuilt, so
+            # rebuilding m columns costs k + m fragment transfers, not m * (k + 1).
+            frags = await self.packs.gather(layout, health.peers, index, good)
+            fresh = await trio.to_thread.run_sync(lambda: rebuild_fragments(layout, index, frags, columns))
+            for col in columns:
+                await clients[col].put_fragment(layout.segments[index].fragment_ids[col], fresh[col])
                 self.packs.stats.fragment_bytes_sent += len(fresh[col])
                 rebuilt += 1
+        for col, spare in placed:
             peers[col] = spare.id
         cap = pack_write_cap(self.volume.keys.pack_key, health.nonce)
         if cap.writer != health.record.writer:
