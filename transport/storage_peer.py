@@ -30,7 +30,7 @@ from .server import RpcService, serve_rpc
 
 log = logging.getLogger(__name__)
 
-_WRITE_BATCH = 1 << 20  # bytes gathered before one write call in a worker thread
+_WRITE_BATCH = 1 << 20  # bytes gathered before one writev in a worker thread (amortises the thread hop)
 ALLOWANCE_TTL = 5.0  # seconds a client's exchange figures from the coordinator are trusted
 
 
@@ -98,17 +98,21 @@ class StoragePeer(RpcService):
         upload = self.store.open_upload()
         try:
             received = 0
-            buf = bytearray()
+            # Pieces are kept as the received objects and written with one writev per
+            # batch in a worker thread: no copy into an assembly buffer.
+            batch: list[bytes | memoryview] = []
+            batched = 0
             async for piece in ctx.upload():
                 received += len(piece)
                 if received > size:
                     raise RemoteError("bad_content", f"fragment is longer than the {size} bytes announced")
-                buf += piece
-                if len(buf) >= _WRITE_BATCH:
-                    await trio.to_thread.run_sync(upload.write, buf)
-                    buf = bytearray()
-            if buf:
-                await trio.to_thread.run_sync(upload.write, buf)
+                batch.append(piece)
+                batched += len(piece)
+                if batched >= _WRITE_BATCH:
+                    await trio.to_thread.run_sync(upload.write_pieces, batch)
+                    batch, batched = [], 0
+            if batch:
+                await trio.to_thread.run_sync(upload.write_pieces, batch)
             new = await trio.to_thread.run_sync(self.store.commit_upload, upload, frag_id, size, ctx.remote_key)
         finally:
             upload.discard()
