@@ -113,20 +113,23 @@ def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, 
     os.replace(tmp, pid_file(home))
 
 
-async def _health_loop(model: FsModel, volume: Volume, interval: float, margin: int, state: dict) -> None:
+async def _health_loop(model: FsModel, volume: Volume, interval: float, margin: int, grace: float, state: dict) -> None:
     """Background auditor and repairer: every `interval`, audit a sample of packs and repair
-    those with fewer than k + `margin` healthy fragments (docs/SIMULATION.md: why 2)."""
+    those with fewer than k + `margin` durable fragments, counting peers silent for less than
+    `grace` seconds as still holding theirs (docs/TRUST.md has the rule, docs/SIMULATION.md the why)."""
     from .health import check
 
+    state.update(grace=grace)
     while True:
         await trio.sleep(interval)
         state.update(running=True, progress="starting")
         try:
             report = await check(volume, volume.keys.root, repair=True, repair_below=volume.packs.k + margin,
-                                 sample=HEALTH_SAMPLE, progress=lambda msg: state.update(progress=msg))
+                                 sample=HEALTH_SAMPLE, progress=lambda msg: state.update(progress=msg), grace=grace)
             state.update(last_check=time.time(), packs=report.packs, degraded=report.packs_degraded,
-                         unreadable=report.packs_unreadable, repaired=state.get("repaired", 0) + report.packs_repaired,
-                         problems=report.problems[:3])
+                         unreadable=report.packs_unreadable, waiting=report.packs_waiting,
+                         repaired=state.get("repaired", 0) + report.packs_repaired,
+                         rebuilt=state.get("rebuilt", 0) + report.fragments_rebuilt, problems=report.problems[:3])
         except (PlutoError, TransportError) as exc:
             log.warning("background audit failed, will retry: %s", exc)
         finally:
@@ -184,7 +187,8 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
                     nursery.start_soon(_allowance_loop, model, volume)
                     nursery.start_soon(_share_poll, model, home.config().share_poll)
                     config = home.config()
-                    nursery.start_soon(_health_loop, model, volume, config.audit_interval, config.repair_margin, health)
+                    nursery.start_soon(_health_loop, model, volume, config.audit_interval, config.repair_margin,
+                                       config.repair_grace, health)
 
                     async def stop_on_signal() -> None:
                         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
