@@ -278,6 +278,7 @@ class FragmentStore:
             if not existed:
                 upload.finish()
                 os.replace(upload.path, final)
+                upload.moved = True
                 self._dir_sync.sync(final.parent)
 
             def record(conn: sqlite3.Connection) -> None:
@@ -400,6 +401,7 @@ class Upload:
         self.path = Path(name)
         self._fd: int | None = fd
         self._written = 0
+        self.moved = False  # renamed into fragments/: nothing left in tmp/ to remove
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes (blocking); a full disk becomes a clear refusal."""
@@ -443,7 +445,9 @@ class Upload:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self.path.unlink(missing_ok=True)
+        if not self.moved:  # after the rename an unlink would only wait on tmp/'s lock to fail
+            self.path.unlink(missing_ok=True)
+            self.moved = True
 
 
 _IOV_MAX = 1024  # Linux's limit on buffers per writev
