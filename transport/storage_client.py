@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import trio
+
 from cryptree.merkle import merkle_root, verify_proof
 from cryptree.slot import SignedSlot, SlotError
 
 from .errors import ProtocolError, RemoteError
 from .limits import FRAGMENT_MAX, REQUEST_TIMEOUT, STREAM_CHUNK
 from .rpc import RpcConnection
+
+
+_VERIFY_INLINE_MAX = 256 * 1024  # larger fragments are verified in a worker thread
 
 
 def _pieces(data: bytes | memoryview) -> Iterator[memoryview]:
@@ -42,10 +47,10 @@ class StoragePeerClient:
 
     async def get_fragment(self, frag_id: bytes, verify: bool = True) -> bytes:
         """Fetch a fragment; with `verify`, a fragment that does not match its id is refused."""
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         total = 0
 
-        def take(piece: bytes) -> None:
+        def take(piece: bytes | memoryview) -> None:
             nonlocal total
             total += len(piece)
             if total > FRAGMENT_MAX:
@@ -54,7 +59,13 @@ class StoragePeerClient:
 
         await self.conn.call_download("get_fragment", {"id": frag_id}, take, self.timeout)
         data = b"".join(parts)
-        if verify and merkle_root(data) != frag_id:
+        # Hashing a large fragment on the event loop would stall every other transfer of this
+        # client for milliseconds; from a worker thread the loop still runs between GIL switches.
+        if verify and len(data) > _VERIFY_INLINE_MAX:
+            root = await trio.to_thread.run_sync(merkle_root, data)
+        else:
+            root = merkle_root(data) if verify else frag_id
+        if root != frag_id:
             raise RemoteError("corrupt", "peer returned a fragment that does not match its id")
         return data
 
