@@ -11,9 +11,10 @@ A fragment is written to tmp/ as it streams in (hashed on the way),
 verified against its id, fsync'd, renamed into place and the directory
 fsync'd; only then is it recorded in the index and the client answered.
 Directory fsyncs of concurrent uploads are batched (group commit): one
-fsync covers every rename that happened before it started. So every file in fragments/ is whole and verified,
-and nothing half-written is ever served: after a crash, tmp/ is emptied and
-the index is reconciled with the files (the files win).
+fsync covers every rename that happened before it started. So every file
+in fragments/ is whole and verified, and nothing half-written is ever
+served: after a crash, tmp/ is emptied and the index is reconciled with the
+files (the files win).
 
 Accounting: every fragment is charged to each client that claimed it
 (claims are per client key), slots to the client that stored their latest
@@ -30,15 +31,18 @@ import os
 import sqlite3
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptree.merkle import LEAF_SIZE, MerkleBuilder, merkle_proof
 from cryptree.slot import SignedSlot, SlotError
 
 from .errors import RemoteError
 from .sqlite_db import Database
+
+T = TypeVar("T")
 
 DISK_RESERVE = 64 * 1024 * 1024  # never fill the disk to the last byte: SQLite needs room to commit
 
@@ -189,7 +193,7 @@ class FragmentStore:
         with self._acct:
             return self._total, self._by_client.get(client, 0)
 
-    def _transact(self, fn, on_error_reload: bool = True):
+    def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """db.run_sync, but re-sum the totals if the transaction failed after `fn` charged them.
 
         `fn` charges the counters as its last step, inside the transaction, so a
@@ -201,8 +205,7 @@ class FragmentStore:
         except RemoteError:
             raise  # refused before anything was charged
         except BaseException:
-            if on_error_reload:
-                self._load_totals()
+            self._load_totals()
             raise
 
     def usage(self, client: bytes) -> Usage:
@@ -279,7 +282,9 @@ class FragmentStore:
                 upload.finish()
                 os.replace(upload.path, final)
                 upload.moved = True
-                self._dir_sync.sync(final.parent)
+            # Also when it existed: a concurrent upload of the same id may have renamed it
+            # but not yet made the rename durable; this fsync (shared with it) covers that.
+            self._dir_sync.sync(final.parent)
 
             def record(conn: sqlite3.Connection) -> None:
                 new_row = conn.execute(
