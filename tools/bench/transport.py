@@ -170,6 +170,52 @@ def _peer_process(root: Path, capacity: str) -> GridProcess:
 # ---- measurements -------------------------------------------------------------
 
 
+def disk_ceiling(directory: Path, files: int = 32, size: int = 8 * MIB, writers: int = 4) -> float:
+    """MB/s of durable fragment-like writes on `directory`'s disk, with no network or hashing.
+
+    Each file is written in 1 MiB blocks, fsync'd, renamed and its directory
+    fsync'd (what the peer does per fragment), `writers` at a time: the most
+    the upload benchmark could reach on this disk.
+    """
+    import threading
+
+    directory.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(MIB)
+    todo = iter(range(files))
+    lock = threading.Lock()
+
+    def writer() -> None:
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            tmp, final = directory / f"t{i}", directory / f"f{i}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                for _ in range(size // MIB):
+                    os.write(fd, block)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=writer) for _ in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    shutil.rmtree(directory, ignore_errors=True)
+    return files * size / MB / wall
+
+
 class _Meter:
     """Wall time and CPU time of both processes over one timed region."""
 
@@ -313,11 +359,14 @@ def run_benchmark(settings: Settings | None = None, log=None) -> dict:
     if s.repeat < 1:
         raise ValueError("repeat must be at least 1")
     root = Path(tempfile.mkdtemp(prefix="pluto-bench-transport-"))
+    load_start = os.getloadavg()
     peer: GridProcess | None = None
     try:
         need = 2 * s.fragments * s.fragment_size
         if shutil.disk_usage(root).free < need + (1 << 30):
             raise RuntimeError(f"not enough free disk under {root} for {need / MB:,.0f} MB of fragments")
+        # The disk's own ceiling, measured where the peer will store, median of 3.
+        ceiling = statistics.median(disk_ceiling(root / "disk-ceiling") for _ in range(3))
         peer = _peer_process(root, s.capacity)
         peer.start()
         series, discarded = trio.run(_run, s, peer, log)
@@ -343,6 +392,9 @@ def run_benchmark(settings: Settings | None = None, log=None) -> dict:
         "rounds_discarded_busy": discarded,
         "others_cpu_max": max(others),
         "others_cpu_median": statistics.median(others),
+        "disk_ceiling_mbps": ceiling,
+        "loadavg_start": [round(x, 2) for x in load_start],  # 1, 5, 15 min, as `uptime` shows them
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "results": {k: v.as_dict() for k, v in series.items()},
         "peer_peak_rss_kib": peer_hwm,
         "peer_rss_at_end_kib": peer_rss,
@@ -411,6 +463,12 @@ def format_table(res: dict) -> str:
                  "of the machine during the timed regions"
                  + (f"; {res['rounds_discarded_busy']} disturbed round(s) were discarded and redone."
                     if res["rounds_discarded_busy"] else "."))
+    if "disk_ceiling_mbps" in res:
+        lines.append(f"Disk ceiling (32 x 8 MiB written, fsync'd, renamed, dir fsync'd, 4 at a time, no network): "
+                     f"{res['disk_ceiling_mbps']:,.0f} MB/s.")
+    if "loadavg_start" in res:
+        lines.append("Load average (1/5/15 min) at start: {} ; at end: {}.".format(
+            " / ".join(f"{x:.2f}" for x in res["loadavg_start"]), " / ".join(f"{x:.2f}" for x in res["loadavg_end"])))
     if res["others_cpu_max"] > BUSY_CORES:
         lines.append("WARNING: the machine was busy with other work during the run; "
                      "these numbers understate an idle machine. Run again when it is quiet.")
