@@ -30,6 +30,7 @@ from .erasure import decode_segment
 from .errors import NotEnoughPeers, QuotaExceeded
 from .network import Network
 from .pack_log import PackLog
+from .single_flight import SingleFlight
 from .packs import LayoutError, PackLayout, encode_pack, read_range
 from .slot_replicas import SlotReplicas
 
@@ -88,6 +89,7 @@ class PackStore:
     log: "PackLog | None" = None
     _records: dict = field(default_factory=dict)
     _segments: _LRU = field(init=False)
+    _segment_fetches: SingleFlight[bytes] = field(default_factory=SingleFlight)
 
     def __post_init__(self) -> None:
         self._segments = _LRU(self.segment_cache_bytes)
@@ -248,6 +250,10 @@ class PackStore:
         cached = self._segments.get((key, index))
         if cached is not None:
             return cached[0]
+        # Chunks next to each other share segments, and readahead asks for them at once.
+        return await self._segment_fetches.run((key, index), lambda: self._fetch_segment(key, layout, peers, index))
+
+    async def _fetch_segment(self, key: bytes, layout: PackLayout, peers: tuple[bytes, ...], index: int) -> bytes:
         got = await self.gather(layout, peers, index, range(layout.n))
         data = await trio.to_thread.run_sync(decode_segment, got, layout.k, layout.n, layout.segments[index].length)
         self._segments.put((key, index), data, len(data))

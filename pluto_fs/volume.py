@@ -44,10 +44,12 @@ from transport.pool import open_pool
 
 from .errors import NotEnoughPeers, PlutoError
 from .home import Home
+from .manifest_index import ManifestIndex
 from .network import Network
 from .pack_io import PackStore, _LRU
 from .pack_log import PackLog
 from .packs import DEFAULT_PACK_SIZE, PackBuilder
+from .single_flight import SingleFlight
 from .slot_replicas import SlotReplicas
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,9 @@ class Volume:
     _last_failure: BaseException | None = None
     _upload_slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(PACK_UPLOADS_IN_FLIGHT))
     _chunk_cache: _LRU = field(default_factory=lambda: _LRU(64 << 20))
+    _manifests: _LRU = field(default_factory=lambda: _LRU(16 << 20))
+    _chunk_fetches: SingleFlight[bytes] = field(default_factory=SingleFlight)
+    _manifest_fetches: SingleFlight[ManifestIndex] = field(default_factory=SingleFlight)
 
     def __post_init__(self) -> None:
         self.chunker = ChunkerParams(seed=self.keys.chunker_seed)
@@ -233,11 +238,29 @@ class Volume:
 
     async def manifest(self, content: FileRef, size: int | None = None) -> Manifest:
         """The direct manifest of a file (indirect levels resolved)."""
+        return (await self._index(content, size)).manifest
+
+    async def _index(self, content: FileRef, size: int | None) -> ManifestIndex:
+        # Cached per sealed manifest (unique per file version): a cold read of a big file
+        # asks for it once per 128 KiB FUSE read, and an indirect one costs chunk
+        # fetches and a decode of every ref each time.
+        key = content.sealed_manifest
+        cached = self._manifests.get(key)
+        if cached is None:
+            cached = await self._manifest_fetches.run(key, lambda: self._open_manifest(content))
+            self._manifests.put(key, cached, cached.cost)
+        else:
+            cached = cached[0]
+        if size is not None and cached.manifest.size != size:
+            raise DamagedError(f"a file manifest describes {cached.manifest.size} bytes but its entry says {size}")
+        return cached
+
+    async def _open_manifest(self, content: FileRef) -> ManifestIndex:
         try:
-            manifest = content.open(size)
+            manifest = content.open()
             for _ in range(MAX_MANIFEST_DEPTH + 1):
                 if not manifest.indirect:
-                    return manifest
+                    return ManifestIndex.of(manifest)
                 inner = b"".join([await self._chunk(ref) for ref in manifest.chunks])
                 manifest = decode_manifest(inner)
         except CryptreeError as exc:
@@ -248,6 +271,9 @@ class Volume:
         cached = self._chunk_cache.get(ref.sealed_hash)
         if cached is not None:
             return cached[0]
+        return await self._chunk_fetches.run(ref.sealed_hash, lambda: self._fetch_chunk(ref))
+
+    async def _fetch_chunk(self, ref: ChunkRef) -> bytes:
         try:
             locator = Locator.decode(ref.locator)
         except CryptreeError as exc:
@@ -264,19 +290,12 @@ class Volume:
         """`size` bytes of a file from `offset` (fewer at its end)."""
         if isinstance(content, InlineData):
             return content.data[offset : offset + size]
-        manifest = await self.manifest(content, file_size)
+        index = await self._index(content, file_size)
         out = []
-        pos = 0
-        end = offset + size
-        for ref in manifest.chunks:
-            nxt = pos + ref.length
-            if nxt > offset and pos < end:
-                plain = await self._chunk(ref)
-                out.append(plain[max(0, offset - pos) : min(ref.length, end - pos)])
-            if nxt >= end:
-                break
-            pos = nxt
-        return b"".join(out)
+        for ref, start, stop in index.covering(offset, size):
+            plain = await self._chunk(ref)
+            out.append(plain[start:stop] if start or stop != len(plain) else plain)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     async def read_all(self, content: FileContent, size: int | None = None) -> bytes:
         """A whole file's bytes."""

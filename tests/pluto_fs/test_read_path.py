@@ -1,0 +1,96 @@
+"""Read-path helpers: chunk lookup by offset and shared concurrent fetches."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+
+from cryptree.filenode import ChunkRef, Manifest
+from pluto_fs.manifest_index import ManifestIndex
+from pluto_fs.single_flight import SingleFlight
+
+
+def _ref(i: int, length: int) -> ChunkRef:
+    tag = bytes([i % 256]) * 32
+    return ChunkRef(chunk_id=tag, length=length, chunk_key=tag, sealed_hash=tag, locator=b"x" * 40)
+
+
+def test_covering_matches_a_linear_scan() -> None:
+    rng = random.Random(1)
+    lengths = [rng.randint(1, 5000) for _ in range(300)]
+    index = ManifestIndex.of(Manifest.of([_ref(i, n) for i, n in enumerate(lengths)]))
+    data = b"".join(bytes([i % 256]) * n for i, n in enumerate(lengths))
+    for _ in range(2000):
+        offset = rng.randint(0, len(data) + 10)
+        size = rng.randint(0, 20000)
+        got = b"".join(bytes([ref.chunk_id[0]]) * (stop - start) for ref, start, stop in index.covering(offset, size))
+        assert got == data[offset : offset + size]
+
+
+def test_concurrent_callers_share_one_fetch_and_its_error() -> None:
+    async def run() -> None:
+        flight: SingleFlight[bytes] = SingleFlight()
+        calls = 0
+
+        async def fetch() -> bytes:
+            nonlocal calls
+            calls += 1
+            await trio.sleep(0.05)
+            return b"v"
+
+        results = []
+
+        async def one() -> None:
+            results.append(await flight.run("k", fetch))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(one)
+        assert results == [b"v"] * 10 and calls == 1 and len(flight) == 0
+
+        async def broken() -> bytes:
+            await trio.sleep(0.05)
+            raise ValueError("peers gone")
+
+        errors = []
+
+        async def failing() -> None:
+            try:
+                await flight.run("k", broken)
+            except ValueError as exc:
+                errors.append(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(failing)
+        assert errors == ["peers gone"] * 3
+
+    trio.run(run)
+
+
+def test_a_cancelled_fetch_does_not_cancel_the_callers_waiting_on_it() -> None:
+    async def run() -> None:
+        flight: SingleFlight[bytes] = SingleFlight()
+        calls = 0
+
+        async def fetch() -> bytes:
+            nonlocal calls
+            calls += 1
+            await trio.sleep(0.2)
+            return b"v"
+
+        got = []
+
+        async def patient() -> None:
+            await trio.sleep(0.01)  # arrives while the impatient caller's fetch runs
+            got.append(await flight.run("k", fetch))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(patient)
+            with trio.move_on_after(0.05):
+                await flight.run("k", fetch)
+        assert got == [b"v"] and calls == 2
+
+    trio.run(run)
