@@ -9,9 +9,13 @@ follows two rules that keep readers safe:
   file whose new bytes are still local is published with its previous
   content (or left out if it has none), and a new child directory is
   published before the parent that links it;
-- a directory's journal row is dropped only once the network holds exactly
-  that state and none of its children is waiting, so a crash at any point
-  leaves enough in the journal to resume.
+- a directory's journal rows are marked clean only once the network holds
+  exactly that state and none of its children is waiting, so a crash at any
+  point leaves enough in the journal to resume.
+
+The journal keeps one row per directory entry: a change writes the entry it
+touched, never the whole directory (that made a directory of n entries cost
+O(n) per create, O(n²) to fill).
 """
 
 from __future__ import annotations
@@ -113,6 +117,20 @@ class DirNode(Node):
     version: int = 0
     publish_lock: trio.Lock = field(default_factory=trio.Lock)
     load_lock: trio.Lock = field(default_factory=trio.Lock)
+    # The journal generation in which this folder's entry rows were last known to mirror
+    # `children` (a rollback changes the generation): then one changed entry is all a change
+    # writes. None: the rows must be written whole first.
+    journal_gen: int | None = None
+    # (generation, folder row) last written with dirty=1, so an unchanged row is not written again.
+    journal_row: tuple[int, int, bool, bytes] | None = None
+    _cap_text: tuple[WriteCap | ReadCap, str] | None = None
+
+    def cap_text(self) -> str:
+        """The capability as a string, encoded once (base32 of a cap is not cheap)."""
+        assert self.cap is not None
+        if self._cap_text is None or self._cap_text[0] is not self.cap:
+            self._cap_text = (self.cap, self.cap.to_string())
+        return self._cap_text[1]
 
 
 class FsModel:
@@ -131,7 +149,7 @@ class FsModel:
         self.inodes[ROOT_INO] = self.root
         self.dirty_dirs: set[DirNode] = set()
         self.dirty_files: set[FileNode] = set()
-        self._journal_dirs = {w: (cap, seq, state) for w, cap, seq, state in journal.dirs()}
+        self._journal_dirs = {w: (seq, attrs, new) for w, _cap, seq, attrs, new in journal.folders()}
         self._pending_files = journal.pending_files()
         self.changed = trio.Event()  # set on every change: wakes the background flusher
         # Files being uploaded and the event set when that upload ends. fsync and the
@@ -174,8 +192,8 @@ class FsModel:
                 return d.children  # type: ignore[return-value]
             journaled = self._journal_dirs.pop(d.cap.writer, None)
             if journaled is not None:
-                _, seq, state = journaled
-                self._restore_state(d, seq, state)
+                seq, attrs, new = journaled
+                self._restore(d, seq, attrs, new, self.journal.entries(d.cap.writer))
             else:
                 directory = await self.volume.load_dir(d.cap, missing_ok=d is self.root)
                 self._build(d, directory)
@@ -264,31 +282,30 @@ class FsModel:
 
     # ---- journal encoding ------------------------------------------------------------
 
-    def _state(self, d: DirNode) -> bytes:
-        """The directory's full local state, as the journal keeps it."""
-        rows = []
-        for n in (d.children or {}).values():
-            if n is self.shared:
-                continue
-            head = [n.name, n.mode, n.uid, n.gid, n.atime_ns, n.mtime_ns, n.ctime_ns, n.xattrs]
-            if isinstance(n, DirNode):
-                assert n.cap is not None
-                rows.append([1, *head, n.cap.to_string(), n.new])
-            elif isinstance(n, SymlinkNode):
-                rows.append([2, *head, n.target])
-            else:
-                assert isinstance(n, FileNode)
-                content = encode_content(n.content) if n.content is not None else None
-                rows.append([0, *head, content, n.content_size, n.size, n.cache_id if n.dirty else None])
-        own = [d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs]
-        return cbor2.dumps([1, own, rows, d.new])
+    def _entry_row(self, n: Node) -> bytes:
+        """One entry as the journal keeps it (the layout of journal format 1's per-child rows)."""
+        head = [n.name, n.mode, n.uid, n.gid, n.atime_ns, n.mtime_ns, n.ctime_ns, n.xattrs]
+        if isinstance(n, DirNode):
+            return cbor2.dumps([1, *head, n.cap_text(), n.new])
+        if isinstance(n, SymlinkNode):
+            return cbor2.dumps([2, *head, n.target])
+        assert isinstance(n, FileNode)
+        content = encode_content(n.content) if n.content is not None else None
+        return cbor2.dumps([0, *head, content, n.content_size, n.size, n.cache_id if n.dirty else None])
 
-    def _restore_state(self, d: DirNode, seq: int, state: bytes) -> None:
-        _version, own, rows, new = cbor2.loads(state)
+    @staticmethod
+    def _own_attrs(d: DirNode) -> bytes:
+        return cbor2.dumps([d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs])
+
+    def _restore(self, d: DirNode, seq: int, attrs: bytes, new: bool, entries: list[bytes]) -> None:
+        """Rebuild a directory from its journal rows (a crash left it unpublished)."""
+        own = cbor2.loads(attrs)
         d.seq, d.new = seq, new
-        d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs = own[0], own[1], own[2], own[3], own[4], own[5], dict(own[6])
+        d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns = own[:6]
+        d.xattrs = dict(own[6])
         kids: dict[str, Node] = {}
-        for row in rows:
+        for raw in entries:
+            row = cbor2.loads(raw)
             kind, name, mode, uid, gid, at, mt, ct, xattrs = row[:9]
             common = (self._ino(), name, d, mode, uid, gid, at, mt, ct, dict(xattrs))
             if kind == 1:
@@ -306,29 +323,58 @@ class FsModel:
             kids[name] = node
             self.inodes[node.ino] = node
         d.children = kids
+        d.journal_gen = self.journal.generation  # restored from exactly these rows
         d.dirty = True
         self.dirty_dirs.add(d)
 
-    def touch_dir(self, d: DirNode, times: bool = True) -> None:
-        """Record that directory `d` changed: journal its state, schedule a publish."""
+    def touch_dir(self, d: DirNode, times: bool = True, entry: Node | None = None, gone: str | None = None) -> None:
+        """Record that directory `d` changed, schedule a publish.
+
+        `entry` is a child whose entry changed (added or modified), `gone` a
+        name that left; the journal writes just those and the directory's own
+        row. The directory's children must be loaded.
+        """
         if not isinstance(d.cap, WriteCap):
             return  # read-only (a share, or shared/ itself): nothing of ours to publish
+        if d.parent is None and d is not self.root:
+            return  # removed: nothing links it, nothing to publish
+        assert d.children is not None, "a directory is changed only once its entries are loaded"
         if times:
             d.mtime_ns = d.ctime_ns = now_ns()
         d.version += 1
         d.dirty = True
         self.dirty_dirs.add(d)
-        assert d.cap is not None
-        self.journal.put_dir(d.cap.writer, d.cap.to_string(), d.seq, self._state(d))
+        writer = d.cap.writer
+        journal = self.journal
+        with journal.transaction():
+            if d.journal_gen != journal.generation:
+                # First change since loading: the rows must hold the whole directory from now on.
+                journal.replace_entries(writer, [(n.name, self._entry_row(n)) for n in d.children.values()
+                                                 if n is not self.shared])
+                d.journal_gen = journal.generation
+            else:
+                if gone is not None:
+                    there = d.children.get(gone)
+                    if there is None:
+                        self.journal.drop_entry(writer, gone)
+                    elif there is not entry and there is not self.shared:
+                        self.journal.put_entry(writer, gone, self._entry_row(there))
+                if entry is not None and entry is not self.shared:
+                    journal.put_entry(writer, entry.name, self._entry_row(entry))
+            row = (journal.generation, d.seq, d.new, self._own_attrs(d))
+            if row != d.journal_row:  # a change of one entry leaves the folder's own row as it was
+                journal.put_folder(writer, d.cap_text(), d.seq, row[3], d.new)
+                d.journal_row = row
         self.changed.set()
 
     def touch_meta(self, node: Node) -> None:
         """Record a metadata change of `node` (kept in its parent's entry, or its own slot for dirs)."""
         node.ctime_ns = now_ns()
-        if isinstance(node, DirNode):
-            self.touch_dir(node, times=False)
-        if node.parent is not None:
-            self.touch_dir(node.parent, times=False)
+        with self.journal.transaction():
+            if isinstance(node, DirNode):
+                self.touch_dir(node, times=False)
+            if node.parent is not None:
+                self.touch_dir(node.parent, times=False, entry=node)
 
     # ---- creating ----------------------------------------------------------------------
 
@@ -355,8 +401,9 @@ class FsModel:
         now = now_ns()
         node = DirNode(self._ino(), name, parent, mode, uid, gid, now, now, now,
                        cap=new_directory_cap(), children={}, new=True)
-        self._attach(parent, node)
-        self.touch_dir(node, times=False)
+        with self.journal.transaction():  # the parent never names a folder the journal lacks
+            self._attach(parent, node)
+            self.touch_dir(node, times=False)
         return node
 
     def add_symlink(self, parent: DirNode, name: str, target: bytes, uid: int, gid: int) -> SymlinkNode:
@@ -371,17 +418,21 @@ class FsModel:
         parent.children[node.name] = node
         node.parent = parent
         self.inodes[node.ino] = node
-        self.touch_dir(parent)
+        self.touch_dir(parent, entry=node)
 
     def detach(self, node: Node) -> None:
         """Take `node` out of its directory (unlink, rmdir, or replaced by a rename)."""
         parent = node.parent
-        if parent is not None and parent.children is not None and parent.children.get(node.name) is node:
-            del parent.children[node.name]
-            self.touch_dir(parent)
-        node.parent = None
-        if isinstance(node, DirNode):
-            self.dirty_dirs.discard(node)
+        with self.journal.transaction():
+            if parent is not None and parent.children is not None and parent.children.get(node.name) is node:
+                del parent.children[node.name]
+                self.touch_dir(parent, gone=node.name)
+            node.parent = None
+            if isinstance(node, DirNode):
+                self.dirty_dirs.discard(node)
+                if isinstance(node.cap, WriteCap):
+                    # Only empty folders are removed: no row of its own is needed any more.
+                    self.journal.drop_folder(node.cap.writer)
         self.release_if_unused(node)
 
     def release_if_unused(self, node: Node) -> None:
@@ -410,14 +461,18 @@ class FsModel:
         """Move `node` (the caller has removed any node at the destination)."""
         old_parent = node.parent
         assert old_parent is not None and old_parent.children is not None and new_parent.children is not None
-        del old_parent.children[node.name]
+        old_name = node.name
+        del old_parent.children[old_name]
         node.name = new_name
         node.parent = new_parent
         new_parent.children[new_name] = node
         node.ctime_ns = now_ns()
-        self.touch_dir(old_parent)
-        if new_parent is not old_parent:
-            self.touch_dir(new_parent)
+        with self.journal.transaction():  # one commit: a crash never shows the node in both places or neither
+            if new_parent is old_parent:
+                self.touch_dir(old_parent, entry=node, gone=old_name)
+            else:
+                self.touch_dir(old_parent, gone=old_name)
+                self.touch_dir(new_parent, entry=node)
 
     # ---- file data ---------------------------------------------------------------------
 
@@ -465,9 +520,10 @@ class FsModel:
             node.dirty = True
             self.dirty_files.add(node)
             assert node.cache_id is not None
-            self.journal.put_file(node.cache_id, node.size)
-            if node.parent is not None:
-                self.touch_dir(node.parent, times=False)
+            with self.journal.transaction():
+                self.journal.put_file(node.cache_id, node.size)
+                if node.parent is not None:
+                    self.touch_dir(node.parent, times=False, entry=node)
         self.changed.set()
 
     async def upload_files(self, nodes: list[FileNode], wait_busy: bool = True) -> None:
@@ -513,14 +569,16 @@ class FsModel:
             content, size = await self.volume.store_file(self.cache_path(cache_id), previous)
             staged.append((node, version, cache_id, content, size))
         await self.volume.flush(since=mark)
-        for node, version, cache_id, content, size in staged:
-            if node.version != version or node.cache_id != cache_id:
-                continue  # written again meanwhile: the next round uploads the newer bytes
-            node.content, node.content_size, node.size, node.dirty = content, size, size, False
-            self.dirty_files.discard(node)
-            if node.parent is not None:
-                self.touch_dir(node.parent, times=False)  # journal the new content before dropping the data row
-            self.journal.drop_file(cache_id)
+        with self.journal.transaction():  # one commit for the whole batch
+            for node, version, cache_id, content, size in staged:
+                if node.version != version or node.cache_id != cache_id:
+                    continue  # written again meanwhile: the next round uploads the newer bytes
+                node.content, node.content_size, node.size, node.dirty = content, size, size, False
+                self.dirty_files.discard(node)
+                if node.parent is not None:
+                    # The new content is journaled in the same commit that drops the data row.
+                    self.touch_dir(node.parent, times=False, entry=node)
+                self.journal.drop_file(cache_id)
 
     # ---- publishing ----------------------------------------------------------------------
 
@@ -563,7 +621,6 @@ class FsModel:
                 if isinstance(child, DirNode) and child.new:
                     await self.publish(child)
             version = d.version
-            state = self._state(d)
             entries, held_back = self._entries(d)
             attrs = DirAttrs(d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs)
             for _attempt in range(3):
@@ -579,14 +636,17 @@ class FsModel:
             d.seq = published.seq
             was_new = d.new
             d.new = False
-            if d.version == version and not held_back:
+            # `version` bumps on every change, so an unchanged version means the network now
+            # holds exactly what the rows say: they may be marked clean.
+            clean = d.version == version and not held_back
+            if clean:
                 d.dirty = False
                 self.dirty_dirs.discard(d)
-                self.journal.drop_dir(d.cap.writer, state)
-            else:
-                self.journal.put_dir(d.cap.writer, d.cap.to_string(), d.seq, self._state(d))
-            if was_new and d.parent is not None:
-                self.touch_dir(d.parent, times=False)  # the parent can now link it
+            with self.journal.transaction():
+                self.journal.folder_published(d.cap.writer, d.seq, clean)
+                d.journal_row = None  # the row's seq and dirty flag changed
+                if was_new and d.parent is not None:
+                    self.touch_dir(d.parent, times=False, entry=d)  # the parent can now link it
 
     async def sync_path(self, node: Node) -> None:
         """fsync: upload `node`'s data if needed, then publish every changed directory above it."""

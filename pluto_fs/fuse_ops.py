@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 import os
+import sqlite3
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,6 +64,10 @@ def fuse_errors(fn: Callable[..., Awaitable[T]], bounded: bool = True) -> Callab
             raise pyfuse3.FUSEError(errno.EIO) from None
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except sqlite3.Error as exc:
+            # The journal could not record the change: say so rather than acknowledge it.
+            log.error("%s failed: the local journal: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
 
@@ -189,6 +194,8 @@ class PlutoOperations(pyfuse3.Operations):
         node = self._node(inode)
         if not node.writable or (isinstance(node, DirNode) and not isinstance(node.cap, WriteCap)):
             raise pyfuse3.FUSEError(errno.EACCES)
+        if isinstance(node, DirNode):
+            await self.model.children(node)  # its journal rows are written whole: they need its entries
         if fields.update_size:
             if not isinstance(node, FileNode):
                 raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, DirNode) else errno.EINVAL)
@@ -350,8 +357,9 @@ class PlutoOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EEXIST)
             info = await self.open(existing.ino, flags, ctx)
             return info, self.entry(existing)
-        node = self.model.add_file(d, text, stat.S_IMODE(mode) & ~ctx.umask, ctx.uid, ctx.gid)
-        self.model.mark_written(node)
+        with self.model.journal.transaction():  # one commit for the new entry and its pending data
+            node = self.model.add_file(d, text, stat.S_IMODE(mode) & ~ctx.umask, ctx.uid, ctx.gid)
+            self.model.mark_written(node)
         return self._open_handle(node, writable=True), self.entry(node)
 
     @fuse_errors
@@ -365,8 +373,9 @@ class PlutoOperations(pyfuse3.Operations):
         text = _name(name)
         if text in await self.model.children(d):
             raise pyfuse3.FUSEError(errno.EEXIST)
-        node = self.model.add_file(d, text, stat.S_IMODE(mode) & ~ctx.umask, ctx.uid, ctx.gid)
-        self.model.mark_written(node)
+        with self.model.journal.transaction():  # one commit for the new entry and its pending data
+            node = self.model.add_file(d, text, stat.S_IMODE(mode) & ~ctx.umask, ctx.uid, ctx.gid)
+            self.model.mark_written(node)
         return self.entry(node)
 
     def _open_handle(self, node: FileNode, writable: bool) -> pyfuse3.FileInfo:
@@ -467,6 +476,8 @@ class PlutoOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EACCES)
         if len(value) > XATTR_MAX_VALUE:
             raise pyfuse3.FUSEError(errno.E2BIG)
+        if isinstance(node, DirNode):
+            await self.model.children(node)  # its journal rows are written whole: they need its entries
         node.xattrs[key] = bytes(value)
         self.model.touch_meta(node)
 
@@ -491,6 +502,8 @@ class PlutoOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         if not node.writable:
             raise pyfuse3.FUSEError(errno.EACCES)
+        if isinstance(node, DirNode):
+            await self.model.children(node)  # its journal rows are written whole: they need its entries
         del node.xattrs[text]
         self.model.touch_meta(node)
 

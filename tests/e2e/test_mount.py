@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import signal
+import sqlite3
+import stat
 import subprocess
 import sysconfig
 import threading
@@ -144,3 +147,130 @@ def test_with_peers_frozen_cached_data_reads_writes_queue_and_ls_fails_in_time(m
     mounted.mount()
     assert (mounted.path / "queued.txt").read_bytes() == b"written while the network is away"
     assert os.listdir(mounted.path / "far" / "away") == ["f"]
+
+
+def _wait_until_published(mounted: MountedVolume, timeout: float = 120.0) -> None:
+    """Until the mount reports nothing pending (its status file is rewritten every second)."""
+    status = mounted.home.cache / "mount.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            s = json.loads(status.read_text())
+        except (OSError, ValueError):
+            s = {}
+        if s.get("updated", 0) > time.time() - 2 and s.get("pending_files") == 0 and s.get("pending_folders") == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"still pending after {timeout:g} s: {s}")
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    """What a crash must not change: kind, mode, content or target, and user xattrs of everything."""
+    seen: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            xattrs = tuple(sorted((k, os.getxattr(p, k, follow_symlinks=False))
+                                  for k in os.listxattr(p, follow_symlinks=False)))
+            if p.is_symlink():
+                what: object = ("link", os.readlink(p))
+            elif p.is_dir():
+                what = ("dir",)
+            else:
+                what = ("file", hashlib.sha256(p.read_bytes()).hexdigest())
+            seen[str(p.relative_to(root))] = (*what, st.st_mode, xattrs)
+    return seen
+
+
+def test_after_kill_9_single_entry_changes_to_a_published_folder_resume(mounted: MountedVolume) -> None:
+    # The folder is published first, so its journal rows are marked clean and every change
+    # below writes single entries: resuming must still see the whole folder, changed.
+    d = mounted.path / "d"
+    d.mkdir()
+    for i in range(40):
+        (d / f"f{i:02d}").write_bytes(f"file {i} ".encode() * (i + 1))
+    (d / "f40").write_bytes(os.urandom(300_000))  # stored in packs, not inline
+    _wait_until_published(mounted)
+    os.rename(d / "f00", d / "renamed")
+    os.rename(d / "f01", mounted.path / "moved-out")
+    os.rename(d / "f40", d / "f39")  # over an existing file
+    os.chmod(d / "f02", 0o600)
+    os.utime(d / "f03", ns=(1_000_000_000, 2_000_000_000))
+    os.unlink(d / "f04")
+    (d / "f05").write_bytes(b"rewritten, not fsync'd")
+    (d / "new").write_bytes(b"new file")
+    os.setxattr(d / "f06", "user.tag", b"v")
+    (d / "sub" / "deeper").mkdir(parents=True)
+    (d / "sub" / "deeper" / "leaf").write_bytes(b"leaf")
+    os.symlink("f07", d / "link")
+    os.chmod(d / "sub", 0o711)
+    expected = _snapshot(mounted.path)
+    assert len(expected) == 45
+
+    mounted.kill()  # nothing of that was fsync'd: only the journal and the cache files have it
+    mounted.mount()
+    assert _snapshot(mounted.path) == expected
+    assert (d / "f03").stat().st_mtime_ns == 2_000_000_000
+    assert sorted(os.listdir(mounted.path)) == ["d", "moved-out"]  # nothing half-visible
+    mounted.unmount()  # uploads and publishes what the journal resumed
+    mounted.drop_cache()
+    mounted.mount()
+    assert _snapshot(mounted.path) == expected
+    assert (d / "f03").stat().st_mtime_ns == 2_000_000_000
+
+
+def _downgrade_journal_to_format_1(path: Path) -> None:
+    """Rewrite a journal the way pluto wrote it before per-entry rows: one CBOR blob per folder
+    ([1, own attributes, child rows, never published]; child rows had today's entry layout)."""
+    import cbor2
+
+    db = sqlite3.connect(path, isolation_level=None)
+    folders = db.execute("SELECT writer, cap, seq, attrs, new FROM folders WHERE dirty=1").fetchall()
+    db.execute("BEGIN")
+    db.execute("CREATE TABLE dirs (writer BLOB PRIMARY KEY, cap TEXT NOT NULL, seq INTEGER NOT NULL, "
+               "state BLOB NOT NULL)")
+    for writer, cap, seq, attrs, new in folders:
+        rows = [cbor2.loads(e) for (e,) in db.execute("SELECT entry FROM entries WHERE writer=?", (writer,))]
+        state = cbor2.dumps([1, cbor2.loads(attrs), rows, bool(new)])
+        db.execute("INSERT INTO dirs VALUES (?,?,?,?)", (writer, cap, seq, state))
+    db.execute("DROP TABLE folders")
+    db.execute("DROP TABLE entries")
+    db.execute("PRAGMA user_version=0")
+    db.execute("COMMIT")
+    db.close()
+
+
+def test_a_journal_left_by_an_older_pluto_is_migrated_and_resumes(mounted: MountedVolume) -> None:
+    src = STDLIB / "json"
+    res = subprocess.run(["rsync", "-a", f"{src}/", str(mounted.path / "json")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    mounted.kill()
+    journal = mounted.home.cache / "journal.sqlite"
+    _downgrade_journal_to_format_1(journal)
+    mounted.mount()  # migrates, then resumes
+    assert _diff(src, mounted.path / "json").returncode == 0
+    assert sorted(os.listdir(mounted.path)) == ["json"]
+    mounted.unmount()
+    mounted.drop_cache()
+    mounted.mount()
+    assert _diff(src, mounted.path / "json").returncode == 0
+
+
+def test_chmod_of_a_folder_not_listed_since_mount_keeps_its_entries(mounted: MountedVolume) -> None:
+    keep = mounted.path / "keep"
+    keep.mkdir()
+    for name in ("a", "b", "c"):
+        (keep / name).write_bytes(name.encode())
+    mounted.unmount()
+    mounted.mount()
+    os.chmod(keep, 0o700)  # looked up in its parent, but its own entries were never loaded
+    mounted.kill()
+    mounted.mount()
+    assert sorted(os.listdir(keep)) == ["a", "b", "c"]
+    assert stat.S_IMODE(keep.stat().st_mode) == 0o700
+    mounted.unmount()
+    mounted.drop_cache()
+    mounted.mount()
+    assert sorted(os.listdir(keep)) == ["a", "b", "c"] and (keep / "b").read_bytes() == b"b"
+    assert stat.S_IMODE(keep.stat().st_mode) == 0o700
