@@ -327,12 +327,15 @@ class FsModel:
         d.dirty = True
         self.dirty_dirs.add(d)
 
-    def touch_dir(self, d: DirNode, times: bool = True, entry: Node | None = None, gone: str | None = None) -> None:
+    def touch_dir(self, d: DirNode, times: bool = True, entry: Node | None = None, gone: str | None = None,
+                  record: bool = True) -> None:
         """Record that directory `d` changed, schedule a publish.
 
         `entry` is a child whose entry changed (added or modified), `gone` a
         name that left; the journal writes just those and the directory's own
-        row. The directory's children must be loaded.
+        row. The directory's children must be loaded. Without `record` the
+        change is published but not journaled (a crash may forget it: only
+        for changes worth no commit, such as a ctime).
         """
         if not isinstance(d.cap, WriteCap):
             return  # read-only (a share, or shared/ itself): nothing of ours to publish
@@ -344,6 +347,9 @@ class FsModel:
         d.version += 1
         d.dirty = True
         self.dirty_dirs.add(d)
+        if not record:
+            self.changed.set()
+            return
         writer = d.cap.writer
         journal = self.journal
         with journal.transaction():
@@ -367,14 +373,19 @@ class FsModel:
                 d.journal_row = row
         self.changed.set()
 
-    def touch_meta(self, node: Node) -> None:
-        """Record a metadata change of `node` (kept in its parent's entry, or its own slot for dirs)."""
+    def touch_meta(self, node: Node, record: bool = True) -> None:
+        """Record a metadata change of `node` (kept in its parent's entry, or its own slot for dirs).
+
+        `record=False` when only the ctime changed (a chmod to the mode a file
+        already has, which rsync does after every create): it is published but
+        costs no journal commit.
+        """
         node.ctime_ns = now_ns()
         with self.journal.transaction():
             if isinstance(node, DirNode):
-                self.touch_dir(node, times=False)
+                self.touch_dir(node, times=False, record=record)
             if node.parent is not None:
-                self.touch_dir(node.parent, times=False, entry=node)
+                self.touch_dir(node.parent, times=False, entry=node, record=record)
 
     # ---- creating ----------------------------------------------------------------------
 
@@ -391,7 +402,8 @@ class FsModel:
         now = now_ns()
         node = FileNode(self._ino(), name, parent, mode, uid, gid, now, now, now)
         node.cache_id = uuid.uuid4().hex
-        self.cache_path(node.cache_id).touch()
+        # os.open, not Path.touch: touch tries utime first, a failed syscall and an exception per file.
+        os.close(os.open(self.cache_path(node.cache_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self._attach(parent, node)
         return node
 

@@ -35,20 +35,26 @@ T = TypeVar("T")
 XATTR_NAMESPACE = "user."
 XATTR_MAX_VALUE = 64 * 1024
 BLOCK = 4096
+ENTRY_TIMEOUT = 1.0  # seconds the kernel may trust a name lookup (found or not)
+ATTR_TIMEOUT = 1.0  # seconds the kernel may trust attributes
 
 
-def fuse_errors(fn: Callable[..., Awaitable[T]], bounded: bool = True) -> Callable[..., Awaitable[T]]:
+def fuse_errors(fn: Callable[..., Awaitable[T]], bounded: bool = True, local: bool = False) -> Callable[..., Awaitable[T]]:
     """Turn every failure into an errno for the kernel (and a log line for people).
 
     `bounded` operations fail after the mount's --timeout as a whole. fsync
     is not bounded as a whole: storing a large file takes as long as it
     takes, while every single network wait inside it is still bounded by the
-    RPC timeouts, so a dead network still fails it.
+    RPC timeouts, so a dead network still fails it. `local` operations never
+    wait for the network: they skip the timeout's cancel scope, which costs
+    more than a getattr itself.
     """
 
     @functools.wraps(fn)
     async def wrapper(self: "PlutoOperations", *args: Any) -> T:
         try:
+            if local:
+                return await fn(self, *args)
             with trio.fail_after(self.op_timeout if bounded else math.inf):
                 return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -70,6 +76,9 @@ def fuse_errors(fn: Callable[..., Awaitable[T]], bounded: bool = True) -> Callab
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+local_op = functools.partial(fuse_errors, local=True)
 
 
 def _name(raw: bytes) -> str:
@@ -143,8 +152,8 @@ class PlutoOperations(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0
-        a.entry_timeout = 1.0
-        a.attr_timeout = 1.0
+        a.entry_timeout = ENTRY_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
         a.st_mode = mode_of(node)
         if isinstance(node, DirNode) and not isinstance(node.cap, WriteCap):
             a.st_mode &= ~0o222  # read-only share: say so
@@ -181,10 +190,24 @@ class PlutoOperations(pyfuse3.Operations):
             raise
         node = kids.get(text)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            return self.negative_entry()
         return self.entry(node)
 
-    @fuse_errors
+    @staticmethod
+    def negative_entry() -> pyfuse3.EntryAttributes:
+        """"No such name", cached by the kernel like a positive entry (st_ino 0).
+
+        rsync looks a new name up three times (stat, open, rename target);
+        the kernel drops the negative entry as soon as the name is created
+        through this mount, and names appearing from elsewhere (shares) may
+        show up as late as entries may change anyway.
+        """
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = 0
+        a.entry_timeout = ENTRY_TIMEOUT
+        return a
+
+    @local_op
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         return self.attrs(self._node(inode))
 
@@ -196,6 +219,7 @@ class PlutoOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EACCES)
         if isinstance(node, DirNode):
             await self.model.children(node)  # its journal rows are written whole: they need its entries
+        before = (node.mode, node.uid, node.gid, node.atime_ns, node.mtime_ns)
         if fields.update_size:
             if not isinstance(node, FileNode):
                 raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, DirNode) else errno.EINVAL)
@@ -214,12 +238,13 @@ class PlutoOperations(pyfuse3.Operations):
             node.atime_ns = attr.st_atime_ns
         if fields.update_mtime:
             node.mtime_ns = attr.st_mtime_ns
-        self.model.touch_meta(node)
+        # A size change was journaled by mark_written; a chmod to the same mode changes only the ctime.
+        self.model.touch_meta(node, record=before != (node.mode, node.uid, node.gid, node.atime_ns, node.mtime_ns))
         if fields.update_ctime:
             node.ctime_ns = attr.st_ctime_ns
         return self.attrs(node)
 
-    @fuse_errors
+    @local_op
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
         if not isinstance(node, SymlinkNode):
@@ -423,7 +448,7 @@ class PlutoOperations(pyfuse3.Operations):
             return b""
         return await self.model.volume.read(node.content, off, size, node.content_size)
 
-    @fuse_errors
+    @local_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handles[fh]
         if not h.writable or h.fd is None:
@@ -435,7 +460,7 @@ class PlutoOperations(pyfuse3.Operations):
         self.model.mark_written(node)
         return written
 
-    @fuse_errors
+    @local_op
     async def flush(self, fh: int) -> None:
         return None
 
@@ -481,7 +506,7 @@ class PlutoOperations(pyfuse3.Operations):
         node.xattrs[key] = bytes(value)
         self.model.touch_meta(node)
 
-    @fuse_errors
+    @local_op
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(inode)
         text = name.decode("utf-8", "surrogateescape")
@@ -490,7 +515,7 @@ class PlutoOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
-    @fuse_errors
+    @local_op
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         return [k.encode() for k in self._node(inode).xattrs]
 
