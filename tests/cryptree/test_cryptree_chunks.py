@@ -225,3 +225,18 @@ def test_oversized_chunk_refused() -> None:
         seal_chunk(new_key(), bytes(16 * MIB + 1), compress=False)
     with pytest.raises(CryptreeError):
         chunk_id(b"short", b"x")
+
+
+def test_a_chunk_that_is_compressible_in_parts_is_still_compressed() -> None:
+    mac = new_key()
+    # random in the middle, text at the edges: the probes see text and try the whole chunk
+    text = b"all work and no play makes jack a dull boy\n" * 8_000
+    mixed = text + rand(100_000) + text
+    sc = seal_chunk(mac, mixed)
+    assert sc.compressed and len(sc.sealed) < len(mixed) // 2
+    assert open_chunk(sc.chunk_key, sc.sealed, sc.chunk_id, mac) == mixed
+    # and the other way round: a random-looking probe skips compression, losing nothing but space
+    mostly_random = rand(MIB)
+    sc = seal_chunk(mac, mostly_random)
+    assert not sc.compressed
+    assert open_chunk(sc.chunk_key, sc.sealed, sc.chunk_id, mac) == mostly_random
