@@ -26,6 +26,7 @@ from .errors import PlutoError
 from .fsmodel import FsModel
 from .fuse_ops import PlutoOperations
 from .home import Home
+from .malloc_tuning import tune_malloc
 from .journal import Journal
 from .volume import Volume, open_volume
 
@@ -163,6 +164,7 @@ async def _status_loop(home: Home, model: FsModel, volume: Volume, mountpoint: P
 async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = None,
                     *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
     """Mount and serve until a signal or an external unmount; flush before returning."""
+    tune_malloc()  # before the worker threads that would each get an arena exist
     journal = Journal(home.cache / "journal.sqlite")
     try:
         async with open_volume(home, coordinator) as volume:
