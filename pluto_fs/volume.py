@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 MAX_MANIFEST_DEPTH = 3
 PACK_UPLOADS_IN_FLIGHT = 2
 READ_PIECE = 8 << 20  # bytes read from a local file per step when storing it
+READ_AHEAD_BYTES = 6 << 20  # fetched ahead of a sequential reader
+READ_AHEAD_TASKS = 4  # chunks fetched ahead at once
+READ_AHEAD_FILES = 64  # files whose last read position is remembered
 
 
 class DamagedError(PlutoError):
@@ -91,6 +94,8 @@ class Volume:
     _chunk_cache: _LRU = field(default_factory=lambda: _LRU(64 << 20))
     _manifests: _LRU = field(default_factory=lambda: _LRU(16 << 20))
     _chunk_fetches: SingleFlight[bytes] = field(default_factory=SingleFlight)
+    _read_ends: dict[bytes, int] = field(default_factory=dict)  # sealed manifest -> where the last read ended
+    _prefetching: set[bytes] = field(default_factory=set)
     _manifest_fetches: SingleFlight[ManifestIndex] = field(default_factory=SingleFlight)
 
     def __post_init__(self) -> None:
@@ -291,11 +296,40 @@ class Volume:
         if isinstance(content, InlineData):
             return content.data[offset : offset + size]
         index = await self._index(content, file_size)
+        key = content.sealed_manifest
+        if offset == 0 or self._read_ends.get(key) == offset:
+            self._read_ahead(index, offset + size)
+        self._read_ends[key] = offset + size
+        if len(self._read_ends) > READ_AHEAD_FILES:
+            del self._read_ends[next(iter(self._read_ends))]
         out = []
         for ref, start, stop in index.covering(offset, size):
             plain = await self._chunk(ref)
             out.append(plain[start:stop] if start or stop != len(plain) else plain)
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _read_ahead(self, index: ManifestIndex, offset: int) -> None:
+        """On sequential reads, start fetching the chunks after `offset` in the background.
+
+        The kernel's own readahead asks for at most a few hundred KiB ahead; a
+        chunk spans about 1 MiB, and fetching it takes a round trip to k peers
+        per segment, so without this a sequential read waits on every chunk.
+        """
+        for ref, _, _ in index.covering(offset, READ_AHEAD_BYTES):
+            if len(self._prefetching) >= READ_AHEAD_TASKS:
+                return
+            if ref.sealed_hash in self._prefetching or self._chunk_cache.get(ref.sealed_hash) is not None:
+                continue
+            self._prefetching.add(ref.sealed_hash)
+            self._nursery.start_soon(self._prefetch, ref)
+
+    async def _prefetch(self, ref: ChunkRef) -> None:
+        try:
+            await self._chunk(ref)
+        except PlutoError as exc:
+            log.debug("read-ahead of a chunk failed (the read itself will retry): %s", exc)
+        finally:
+            self._prefetching.discard(ref.sealed_hash)
 
     async def read_all(self, content: FileContent, size: int | None = None) -> bytes:
         """A whole file's bytes."""

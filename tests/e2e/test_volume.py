@@ -282,3 +282,36 @@ def test_every_flush_that_may_hold_refs_into_a_failed_pack_fails(grid: LocalGrid
     trio.run(run)
     _download(home, tmp_path / "out")
     assert (tmp_path / "out" / "shared.bin").read_bytes() == shared
+
+
+def test_sequential_reads_fetch_ahead_and_return_the_right_bytes(grid: LocalGrid, tmp_path: Path) -> None:
+    data = random.Random(5).randbytes(12 << 20)
+    src = tmp_path / "seq.bin"
+    src.write_bytes(data)
+    home = _home(tmp_path / "home", grid)
+
+    async def run() -> None:
+        async with open_volume(home) as vol:
+            await _wait_peers(vol)
+            content, size = await vol.store_file(src)
+            await vol.flush()
+        async with open_volume(home) as vol:  # nothing cached
+            first = await vol.read(content, 0, 128 << 10, size)
+            # the first read of a file starts fetching what follows it
+            with trio.fail_after(30):
+                while vol.packs.stats.fragment_bytes_received < 4 << 20:
+                    await trio.sleep(0.05)
+            pieces = [first]
+            offset = len(first)
+            while offset < size:
+                piece = await vol.read(content, offset, 128 << 10, size)
+                pieces.append(piece)
+                offset += len(piece)
+            assert b"".join(pieces) == data
+            # random reads elsewhere are still exact (and do not start read-ahead)
+            rng = random.Random(6)
+            for _ in range(50):
+                at = rng.randrange(size)
+                assert await vol.read(content, at, 70_000, size) == data[at : at + 70_000]
+
+    trio.run(run)
