@@ -91,6 +91,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """`pluto serve`: run a storage peer."""
     from transport.storage_peer import PeerConfig, run_storage_peer
 
+    from .malloc_tuning import tune_malloc
+
+    tune_malloc()  # the peer, too, frees fragment-sized buffers from worker threads
     host, port = parse_address(args.listen, allow_any_port=True)
     cfg = PeerConfig(
         store_dir=Path(args.store),

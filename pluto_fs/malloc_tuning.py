@@ -1,4 +1,4 @@
-"""Keep glibc from hoarding freed multi-MiB buffers in the mount process.
+"""Keep glibc from hoarding freed multi-MiB buffers in the mount and peer processes.
 
 The mount allocates and frees chunk- and segment-sized buffers from many
 worker threads. glibc gives each thread its own arena and raises its mmap
