@@ -216,10 +216,30 @@ class PackStore:
         layout, peers = await self._record(locator)
         if locator.offset + locator.length > layout.length:
             raise NotEnoughPeers("a chunk locator points outside its pack; the file is damaged")
-        parts = []
-        for rng in read_range(layout, locator.offset, locator.length):
+        ranges = read_range(layout, locator.offset, locator.length)
+        if len(ranges) == 1:
+            rng = ranges[0]
             segment = await self._segment(locator.record.writer, layout, peers, rng.index)
-            parts.append(segment[rng.start : rng.stop])
+            return segment[rng.start : rng.stop]
+        # A chunk usually straddles two segments or more: fetch them at once, not in turn.
+        parts: list[bytes] = [b""] * len(ranges)
+        errors: list[Exception] = []
+
+        async def fetch(i: int) -> None:
+            rng = ranges[i]
+            try:
+                segment = await self._segment(locator.record.writer, layout, peers, rng.index)
+            except Exception as exc:  # re-raised below as itself, as the one-at-a-time loop did
+                errors.append(exc)
+                nursery.cancel_scope.cancel()
+                return
+            parts[i] = segment[rng.start : rng.stop]
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(ranges)):
+                nursery.start_soon(fetch, i)
+        if errors:
+            raise errors[0]
         return b"".join(parts)
 
     async def gather(
