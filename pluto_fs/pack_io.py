@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -30,8 +30,9 @@ from .erasure import decode_segment
 from .errors import NotEnoughPeers, QuotaExceeded
 from .network import Network
 from .pack_log import PackLog
-from .single_flight import SingleFlight
 from .packs import LayoutError, PackLayout, encode_pack, read_range
+from .run_all import run_all
+from .single_flight import SingleFlight
 from .slot_replicas import SlotReplicas
 
 log = logging.getLogger(__name__)
@@ -167,25 +168,17 @@ class PackStore:
         capped a pack's upload whatever the bandwidth. The first failure stops
         the column (the caller moves it to another peer).
         """
-        errors: list[Exception] = []
-        limit = trio.Semaphore(FRAGMENTS_IN_FLIGHT)
 
-        async def put(seg: int) -> None:
-            async with limit:
+        def put(seg: int) -> Callable[[], Awaitable[None]]:
+            async def call() -> None:
                 frag = fragments[seg][i]
-                try:
-                    await client.put_fragment(layout.segments[seg].fragment_ids[i], frag)
-                except (TransportError, NotEnoughPeers) as exc:
-                    errors.append(exc)
-                    nursery.cancel_scope.cancel()
-                    return
+                await client.put_fragment(layout.segments[seg].fragment_ids[i], frag)
                 self.stats.fragment_bytes_sent += len(frag)
 
-        async with trio.open_nursery() as nursery:
-            for seg in range(len(layout.segments)):
-                nursery.start_soon(put, seg)
-        if errors:
-            raise errors[0]
+            return call
+
+        await run_all([put(seg) for seg in range(len(layout.segments))], FRAGMENTS_IN_FLIGHT,
+                      (TransportError, NotEnoughPeers))
 
     # ---- read -----------------------------------------------------------------
 
@@ -216,31 +209,14 @@ class PackStore:
         layout, peers = await self._record(locator)
         if locator.offset + locator.length > layout.length:
             raise NotEnoughPeers("a chunk locator points outside its pack; the file is damaged")
-        ranges = read_range(layout, locator.offset, locator.length)
-        if len(ranges) == 1:
-            rng = ranges[0]
-            segment = await self._segment(locator.record.writer, layout, peers, rng.index)
-            return segment[rng.start : rng.stop]
         # A chunk usually straddles two segments or more: fetch them at once, not in turn.
-        parts: list[bytes] = [b""] * len(ranges)
-        errors: list[Exception] = []
+        ranges = read_range(layout, locator.offset, locator.length)
 
-        async def fetch(i: int) -> None:
-            rng = ranges[i]
-            try:
-                segment = await self._segment(locator.record.writer, layout, peers, rng.index)
-            except Exception as exc:  # re-raised below as itself, as the one-at-a-time loop did
-                errors.append(exc)
-                nursery.cancel_scope.cancel()
-                return
-            parts[i] = segment[rng.start : rng.stop]
+        def fetch(index: int) -> Callable[[], Awaitable[bytes]]:
+            return lambda: self._segment(locator.record.writer, layout, peers, index)
 
-        async with trio.open_nursery() as nursery:
-            for i in range(len(ranges)):
-                nursery.start_soon(fetch, i)
-        if errors:
-            raise errors[0]
-        return b"".join(parts)
+        segments = await run_all([fetch(rng.index) for rng in ranges])
+        return b"".join(seg[rng.start : rng.stop] for seg, rng in zip(segments, ranges))
 
     async def gather(
         self, layout: PackLayout, peers: tuple[bytes, ...], index: int, columns: Iterable[int]
