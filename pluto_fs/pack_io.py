@@ -15,7 +15,6 @@ k verified fragments are in hand or no column is left ("not enough peers").
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -27,12 +26,12 @@ from cryptree.packrecord import Locator, PackRecord, open_pack_record, pack_writ
 from transport.errors import RemoteError, TransportError
 
 from .erasure import decode_segment
+from .fetch_cache import FetchCache
 from .errors import NotEnoughPeers, QuotaExceeded
 from .network import Network
 from .pack_log import PackLog
 from .packs import LayoutError, PackLayout, encode_pack, read_range
 from .run_all import run_all
-from .single_flight import SingleFlight
 from .slot_replicas import SlotReplicas
 
 log = logging.getLogger(__name__)
@@ -51,30 +50,6 @@ class TransferStats:
     chunk_bytes_packed: int = 0
 
 
-class _LRU:
-    """A byte-bounded LRU cache."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.size = 0
-        self._items: OrderedDict = OrderedDict()
-
-    def get(self, key):
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key, value, size: int) -> None:
-        if key in self._items:
-            return
-        self._items[key] = (value, size)
-        self.size += size
-        while self.size > self.limit and self._items:
-            _, (_, old) = self._items.popitem(last=False)
-            self.size -= old
-
-
 @dataclass
 class PackStore:
     """Uploads and reads packs for one user."""
@@ -86,18 +61,17 @@ class PackStore:
     n: int = 5
     happy: int = 4
     segment_size: int = 1 << 20
-    # Small on purpose: decoded chunks are cached above (Volume._chunk_cache), so this
+    # Small on purpose: decoded chunks are cached above (Volume._chunks), so this
     # only has to keep a segment between the two chunks that straddle it. At 64 MiB it
     # held a second copy of everything read (≈ 60 MiB of the mount's RSS after a read).
     segment_cache_bytes: int = 16 << 20
     stats: TransferStats = field(default_factory=TransferStats)
     log: "PackLog | None" = None
     _records: dict = field(default_factory=dict)
-    _segments: _LRU = field(init=False)
-    _segment_fetches: SingleFlight[bytes] = field(default_factory=SingleFlight)
+    _segments: FetchCache[bytes] = field(init=False)
 
     def __post_init__(self) -> None:
-        self._segments = _LRU(self.segment_cache_bytes)
+        self._segments = FetchCache(self.segment_cache_bytes, len)
 
     # ---- upload ---------------------------------------------------------------
 
@@ -272,14 +246,9 @@ class PackStore:
             log.info("could not report an audit outcome: %s", exc)
 
     async def _segment(self, key: bytes, layout: PackLayout, peers: tuple[bytes, ...], index: int) -> bytes:
-        cached = self._segments.get((key, index))
-        if cached is not None:
-            return cached[0]
         # Chunks next to each other share segments, and readahead asks for them at once.
-        return await self._segment_fetches.run((key, index), lambda: self._fetch_segment(key, layout, peers, index))
+        return await self._segments.get((key, index), lambda: self._fetch_segment(layout, peers, index))
 
-    async def _fetch_segment(self, key: bytes, layout: PackLayout, peers: tuple[bytes, ...], index: int) -> bytes:
+    async def _fetch_segment(self, layout: PackLayout, peers: tuple[bytes, ...], index: int) -> bytes:
         got = await self.gather(layout, peers, index, range(layout.n))
-        data = await trio.to_thread.run_sync(decode_segment, got, layout.k, layout.n, layout.segments[index].length)
-        self._segments.put((key, index), data, len(data))
-        return data
+        return await trio.to_thread.run_sync(decode_segment, got, layout.k, layout.n, layout.segments[index].length)

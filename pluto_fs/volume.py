@@ -43,13 +43,13 @@ from cryptree.packrecord import NONCE_SIZE, Locator, pack_write_cap
 from transport.pool import open_pool
 
 from .errors import NotEnoughPeers, PlutoError
+from .fetch_cache import FetchCache
 from .home import Home
 from .manifest_index import ManifestIndex
 from .network import Network
-from .pack_io import PackStore, _LRU
+from .pack_io import PackStore
 from .pack_log import PackLog
 from .packs import DEFAULT_PACK_SIZE, PackBuilder
-from .single_flight import SingleFlight
 from .slot_replicas import SlotReplicas
 
 log = logging.getLogger(__name__)
@@ -91,12 +91,10 @@ class Volume:
     _failures: int = 0
     _last_failure: BaseException | None = None
     _upload_slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(PACK_UPLOADS_IN_FLIGHT))
-    _chunk_cache: _LRU = field(default_factory=lambda: _LRU(64 << 20))
-    _manifests: _LRU = field(default_factory=lambda: _LRU(16 << 20))
-    _chunk_fetches: SingleFlight[bytes] = field(default_factory=SingleFlight)
+    _chunks: FetchCache[bytes] = field(default_factory=lambda: FetchCache(64 << 20, len))
+    _manifests: FetchCache[ManifestIndex] = field(default_factory=lambda: FetchCache(16 << 20, lambda m: m.cost))
     _read_ends: dict[bytes, int] = field(default_factory=dict)  # sealed manifest -> where the last read ended
     _prefetching: set[bytes] = field(default_factory=set)
-    _manifest_fetches: SingleFlight[ManifestIndex] = field(default_factory=SingleFlight)
 
     def __post_init__(self) -> None:
         self.chunker = ChunkerParams(seed=self.keys.chunker_seed)
@@ -249,13 +247,7 @@ class Volume:
         # Cached per sealed manifest (unique per file version): a cold read of a big file
         # asks for it once per 128 KiB FUSE read, and an indirect one costs chunk
         # fetches and a decode of every ref each time.
-        key = content.sealed_manifest
-        cached = self._manifests.get(key)
-        if cached is None:
-            cached = await self._manifest_fetches.run(key, lambda: self._open_manifest(content))
-            self._manifests.put(key, cached, cached.cost)
-        else:
-            cached = cached[0]
+        cached = await self._manifests.get(content.sealed_manifest, lambda: self._open_manifest(content))
         if size is not None and cached.manifest.size != size:
             raise DamagedError(f"a file manifest describes {cached.manifest.size} bytes but its entry says {size}")
         return cached
@@ -273,10 +265,7 @@ class Volume:
         raise DamagedError("a file manifest nests too deeply; it is damaged")
 
     async def _chunk(self, ref: ChunkRef) -> bytes:
-        cached = self._chunk_cache.get(ref.sealed_hash)
-        if cached is not None:
-            return cached[0]
-        return await self._chunk_fetches.run(ref.sealed_hash, lambda: self._fetch_chunk(ref))
+        return await self._chunks.get(ref.sealed_hash, lambda: self._fetch_chunk(ref))
 
     async def _fetch_chunk(self, ref: ChunkRef) -> bytes:
         try:
@@ -288,7 +277,6 @@ class Volume:
             plain = await trio.to_thread.run_sync(open_chunk_ref, ref, sealed)
         except CryptreeError as exc:
             raise DamagedError(f"a chunk failed verification ({exc})") from exc
-        self._chunk_cache.put(ref.sealed_hash, plain, len(plain))
         return plain
 
     async def read(self, content: FileContent, offset: int, size: int, file_size: int | None = None) -> bytes:
@@ -318,7 +306,7 @@ class Volume:
         for ref, _, _ in index.covering(offset, READ_AHEAD_BYTES):
             if len(self._prefetching) >= READ_AHEAD_TASKS:
                 return
-            if ref.sealed_hash in self._prefetching or self._chunk_cache.get(ref.sealed_hash) is not None:
+            if ref.sealed_hash in self._prefetching or self._chunks.peek(ref.sealed_hash) is not None:
                 continue
             self._prefetching.add(ref.sealed_hash)
             self._nursery.start_soon(self._prefetch, ref)

@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from cryptree.filenode import ChunkRef, Manifest
+from pluto_fs.fetch_cache import FetchCache
 from pluto_fs.manifest_index import ManifestIndex
 from pluto_fs.single_flight import SingleFlight
 
@@ -92,5 +93,37 @@ def test_a_cancelled_fetch_does_not_cancel_the_callers_waiting_on_it() -> None:
             with trio.move_on_after(0.05):
                 await flight.run("k", fetch)
         assert got == [b"v"] and calls == 2
+
+    trio.run(run)
+
+
+def test_fetch_cache_shares_misses_caches_results_and_evicts_by_bytes() -> None:
+    async def run() -> None:
+        cache: FetchCache[bytes] = FetchCache(10, len)
+        calls = 0
+
+        def fetch(value: bytes):
+            async def go() -> bytes:
+                nonlocal calls
+                calls += 1
+                await trio.sleep(0.02)
+                return value
+
+            return go
+
+        got = []
+
+        async def reader() -> None:
+            got.append(await cache.get("a", fetch(b"aaaa")))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(reader)
+        assert got == [b"aaaa"] * 5 and calls == 1
+        assert cache.peek("a") == b"aaaa" and await cache.get("a", fetch(b"other")) == b"aaaa" and calls == 1
+        await cache.get("b", fetch(b"bbbb"))
+        assert cache.peek("a") == b"aaaa"  # touched: "b" is now the oldest
+        await cache.get("c", fetch(b"cccc"))  # 12 bytes > 10: the least recently used goes
+        assert cache.peek("b") is None and cache.peek("a") == b"aaaa" and cache.size == 8
 
     trio.run(run)
