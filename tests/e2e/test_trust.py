@@ -62,14 +62,24 @@ def _peer_store(grid: LocalGrid, i: int) -> Path:
     return grid.root / f"peer{i}"
 
 
+def _fragments_on(grid: LocalGrid, i: int) -> list[Path]:
+    return sorted(p for p in (_peer_store(grid, i) / "fragments").rglob("*") if p.is_file())
+
+
+def _busiest_holder(grid: LocalGrid) -> int:
+    """The peer holding the most fragments: placement is random, so a fixed index may hold none."""
+    return max(range(len(grid.storage)), key=lambda i: len(_fragments_on(grid, i)))
+
+
 def test_a_peer_that_drops_half_its_fragments_is_caught_and_gets_no_new_data(grid6: LocalGrid, tmp_path: Path) -> None:
     src = tmp_path / "src"
     make_tree(src, 60, seed=7, big=(12 << 20,))
     home = _home(tmp_path, grid6)
     _store(home, src)
-    # the cheat: peer 2 throws away half its fragment files but keeps its index (and keeps answering)
-    cheat = parse_peer_id(grid6.storage[2].peer_id)
-    files = sorted(p for p in (_peer_store(grid6, 2) / "fragments").rglob("*") if p.is_file())
+    # the cheat throws away half its fragment files but keeps its index (and keeps answering)
+    cheater = _busiest_holder(grid6)
+    cheat = parse_peer_id(grid6.storage[cheater].peer_id)
+    files = _fragments_on(grid6, cheater)
     assert len(files) >= 4
     for f in random.Random(1).sample(files, len(files) // 2):
         f.unlink()
@@ -96,11 +106,12 @@ def test_a_lost_peer_is_repaired_away_then_another_loss_is_survived(grid6: Local
     make_tree(src, 80, seed=8, big=(10 << 20,))
     home = _home(tmp_path, grid6)
     _store(home, src)
-    grid6.storage[0].kill()  # gone for good
+    lost = _busiest_holder(grid6)
+    grid6.storage[lost].kill()  # gone for good
 
     async def repair() -> None:
         async with open_volume(home) as vol:
-            dead = parse_peer_id(grid6.storage[0].peer_id)
+            dead = parse_peer_id(grid6.storage[lost].peer_id)
             with trio.fail_after(20):
                 while (await vol.net.peers(refresh=True))[dead].alive:
                     await trio.sleep(0.2)
@@ -111,7 +122,7 @@ def test_a_lost_peer_is_repaired_away_then_another_loss_is_survived(grid6: Local
             assert again.packs_degraded == 0, again  # every pack back at n healthy fragments
 
     trio.run(repair)
-    grid6.storage[3].kill()  # a second permanent loss
+    grid6.storage[(lost + 3) % 6].kill()  # a second permanent loss
 
     async def read_all() -> None:
         async with open_volume(home) as vol:
@@ -126,9 +137,9 @@ def test_a_peer_serving_corrupted_fragments_is_caught_and_loses_reputation(grid6
     make_tree(src, 30, seed=9, big=(8 << 20,))
     home = _home(tmp_path, grid6)
     _store(home, src)
-    bad = 1
-    for f in (_peer_store(grid6, bad) / "fragments").rglob("*"):
-        if f.is_file() and f.stat().st_size:
+    bad = _busiest_holder(grid6)
+    for f in _fragments_on(grid6, bad):
+        if f.stat().st_size:
             data = bytearray(f.read_bytes())
             for i in range(0, len(data), 4096):
                 data[i] ^= 0x5A
@@ -267,14 +278,10 @@ def test_repair_plan_waits_for_offline_peers_but_not_at_the_edge_of_unreadabilit
     assert repair_plan(_health(4, 8, "hhhhhhoo"), 8) == []
 
 
-def _fragment_files(grid: LocalGrid) -> dict[str, int]:
+def _all_fragment_files(grid: LocalGrid) -> dict[str, int]:
     """Every fragment file on every peer (path relative to the grid, size): what repair would change."""
     return {str(p.relative_to(grid.root)): p.stat().st_size
             for i in range(len(grid.storage)) for p in (_peer_store(grid, i) / "fragments").rglob("*") if p.is_file()}
-
-
-def _a_holder(grid: LocalGrid) -> int:
-    return next(i for i in range(len(grid.storage)) if any(p.is_file() for p in (_peer_store(grid, i) / "fragments").rglob("*")))
 
 
 async def _wait_for(vol, peer: bytes, ok: Callable[[PeerRecord], bool], timeout: float = 20.0) -> None:
@@ -302,9 +309,9 @@ def test_a_peer_offline_within_the_grace_keeps_its_data_and_costs_no_repair(grid
     _store(home, src)
     grace = home.config().repair_grace
     assert grace == 72 * 3600  # the default, from docs/SIMULATION.md
-    away = _a_holder(grid6)
+    away = _busiest_holder(grid6)
     away_id = parse_peer_id(grid6.storage[away].peer_id)
-    before = _fragment_files(grid6)
+    before = _all_fragment_files(grid6)
     grid6.storage[away].kill()  # a reboot, as far as anyone can tell
 
     async def background_round() -> CheckReport:
@@ -328,14 +335,14 @@ def test_a_peer_offline_within_the_grace_keeps_its_data_and_costs_no_repair(grid
     # `pluto check --repair` by hand also waits for it
     by_hand = _cli_json(home, "check", "--repair")
     assert by_hand["packs_repaired"] == 0 and by_hand["packs_waiting"] > 0, by_hand
-    assert _fragment_files(grid6) == before
+    assert _all_fragment_files(grid6) == before
 
     grid6.restart_peer(away)
     trio.run(wait_until, True)
     back = trio.run(background_round)
     assert back.packs_degraded == back.packs_waiting == back.fragments_offline == back.packs_repaired == 0, back
     assert _peer_states(home, grid6) == ["healthy"] * 6
-    assert _fragment_files(grid6) == before  # nothing was rebuilt, nothing needs collecting
+    assert _all_fragment_files(grid6) == before  # nothing was rebuilt, nothing needs collecting
 
 
 def test_a_peer_offline_longer_than_the_grace_is_repaired_to_n(grid6: LocalGrid, tmp_path: Path) -> None:
@@ -346,7 +353,7 @@ def test_a_peer_offline_longer_than_the_grace_is_repaired_to_n(grid6: LocalGrid,
     config.repair_grace = 4.0  # long enough for the first check to finish inside it on a busy machine
     home.save_config(config)
     _store(home, src)
-    away = _a_holder(grid6)
+    away = _busiest_holder(grid6)
     away_id = parse_peer_id(grid6.storage[away].peer_id)
     grid6.storage[away].kill()
 
@@ -382,7 +389,7 @@ def test_check_repair_now_does_not_wait_for_the_grace(grid6: LocalGrid, tmp_path
     make_tree(src, 10, seed=12, big=(4 << 20,))
     home = _home(tmp_path, grid6)
     _store(home, src)
-    away = _a_holder(grid6)
+    away = _busiest_holder(grid6)
     away_id = parse_peer_id(grid6.storage[away].peer_id)
     grid6.storage[away].kill()
 
