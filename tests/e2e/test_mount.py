@@ -85,12 +85,17 @@ def test_kill_9_during_rsync_loses_nothing_that_fsync_acknowledged(mounted: Moun
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     writer = threading.Thread(target=_write_acknowledged, args=(acked_dir, stop, acked, errors))
     writer.start()
-    time.sleep(8)
+    # Crash once several files are acknowledged (waiting for a count, not a fixed time, so a slow machine
+    # still crashes mid-rsync with something to check) and no earlier than 3 s into the rsync.
+    time.sleep(3)
+    deadline = time.monotonic() + 120
+    while len(acked) < 5 and not errors and time.monotonic() < deadline:
+        time.sleep(0.1)
     mounted.kill()  # kill -9 of the mount process, mid-rsync and mid-write
     stop.set()
     writer.join(60)
     rsync.wait(60)
-    assert len(acked) >= 5, "the writer should have had several files acknowledged before the crash"
+    assert len(acked) >= 5, f"the writer should have had several files acknowledged before the crash: {errors}"
 
     # Lose the local cache and journal too: fsync'd data must be on the peers, not only here.
     mounted.drop_cache()
