@@ -149,6 +149,10 @@ class FsModel:
         self.inodes[ROOT_INO] = self.root
         self.dirty_dirs: set[DirNode] = set()
         self.dirty_files: set[FileNode] = set()
+        # An upper bound of the pending bytes `check_space` counts, and when it was last exact:
+        # summing every dirty file on every write made writes O(dirty files) while peers are away.
+        self._pending_bound: int | None = None
+        self._pending_exact_at = 0.0
         self._journal_dirs = {w: (seq, attrs, new) for w, _cap, seq, attrs, new in journal.folders()}
         self._pending_files = journal.pending_files()
         self.changed = trio.Event()  # set on every change: wakes the background flusher
@@ -320,6 +324,8 @@ class FsModel:
                     node.cache_id, node.dirty = cache_id, True
                     node.size = self.cache_path(cache_id).stat().st_size
                     self.dirty_files.add(node)
+                    if self._pending_bound is not None:  # replayed lazily: pending from now on
+                        self._pending_bound += node.size
             kids[name] = node
             self.inodes[node.ino] = node
         d.children = kids
@@ -516,12 +522,19 @@ class FsModel:
             return
         allowed, used = self.allowance
         expansion = self.volume.packs.n / self.volume.packs.k
-        pending = sum(f.size for f in self.dirty_files if f.parent is not None)
+        pending = self._pending_bound
+        now = time.monotonic()
+        # The bound only ever over-counts (uploads, truncates and deletions lower the true figure),
+        # so it may accept on its own; a refusal, or a bound older than a second, is re-checked exactly.
+        if pending is None or now - self._pending_exact_at > 1.0 or used + (pending + growth) * expansion > allowed:
+            pending = sum(f.size for f in self.dirty_files if f.parent is not None)
+            self._pending_exact_at = now
         if used + (pending + growth) * expansion > allowed:
             raise QuotaExceeded(
                 f"storage exchange: {used} of {allowed} bytes used; offer more space (pluto serve --owner) "
                 "or delete files"
             )
+        self._pending_bound = pending + growth
 
     def mark_written(self, node: FileNode) -> None:
         """The local copy changed: schedule an upload and keep the journal able to resume it."""
@@ -531,6 +544,8 @@ class FsModel:
         if not node.dirty:
             node.dirty = True
             self.dirty_files.add(node)
+            if self._pending_bound is not None:  # all of a newly dirty file is pending again
+                self._pending_bound += node.size
             assert node.cache_id is not None
             with self.journal.transaction():
                 self.journal.put_file(node.cache_id, node.size)
