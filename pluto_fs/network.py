@@ -55,6 +55,10 @@ class Network:
         """Peers that are alive and eligible for placement."""
         return [pid for pid, r in (await self.peers()).items() if r.alive]
 
+    def listed_offline(self) -> set[bytes]:
+        """Peers the last fetched peer list shows as not alive (no network call)."""
+        return {pid for pid, r in self._peers.items() if not r.alive}
+
     async def client(self, peer_id: bytes) -> StoragePeerClient:
         """A storage client for `peer_id`, connected and pinned to its key."""
         record = (await self.peers()).get(peer_id)

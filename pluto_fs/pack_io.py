@@ -7,8 +7,9 @@ the pack counts as stored once at least `happy` columns are placed. Then the
 pack record (layout + which peer holds each column) is signed and replicated.
 
 Read: the record (cached) tells which segments cover the wanted bytes; for
-each segment, fragments are fetched from k peers at once, primaries first,
-and every failure or bad fragment starts a fetch from the next column, until
+each segment, fragments are fetched from k peers at once, primaries first
+(peers with recent trouble last), and every failure, bad fragment or fetch
+unanswered after the hedge delay starts a fetch from the next column, until
 k verified fragments are in hand or no column is left ("not enough peers").
 """
 
@@ -27,6 +28,7 @@ from transport.errors import RemoteError, TransportError
 
 from .erasure import decode_segment
 from .fetch_cache import FetchCache
+from .fetch_order import FetchOrder
 from .errors import NotEnoughPeers, QuotaExceeded
 from .network import Network
 from .pack_log import PackLog
@@ -67,6 +69,7 @@ class PackStore:
     segment_cache_bytes: int = 16 << 20
     stats: TransferStats = field(default_factory=TransferStats)
     log: "PackLog | None" = None
+    fetch_order: FetchOrder = field(default_factory=FetchOrder)
     _records: dict = field(default_factory=dict)
     _segments: FetchCache[bytes] = field(init=False)
 
@@ -195,22 +198,27 @@ class PackStore:
     async def gather(
         self, layout: PackLayout, peers: tuple[bytes, ...], index: int, columns: Iterable[int]
     ) -> dict[int, bytes]:
-        """k verified fragments of segment `index`, trying `columns` in order, k at a time.
+        """k verified fragments of segment `index` from `columns`, k asked at a time.
 
-        Every failure or bad fragment starts a fetch from the next column; a
-        fragment that fails verification is reported against its peer.
+        Every failure or bad fragment starts a fetch from the next column, and so
+        does a fetch still unanswered after the hedge delay (a frozen peer costs
+        one delay, not a timeout); peers with recent trouble are asked last
+        (`FetchOrder`). A fragment that fails verification is reported against its peer.
         """
         seg = layout.segments[index]
         got: dict[int, bytes] = {}
         errors: list[str] = []
-        order = iter(columns)
+        order = iter(self.fetch_order.order(peers, columns, self.net.listed_offline()))
+        waiting: dict[int, float] = {}  # column -> when its fetch started
 
         async with trio.open_nursery() as nursery:
 
-            def launch_next() -> None:
+            def launch_next() -> bool:
                 for col in order:
+                    waiting[col] = trio.current_time()
                     nursery.start_soon(fetch, col)
-                    return
+                    return True
+                return False
 
             async def fetch(col: int) -> None:
                 try:
@@ -219,18 +227,33 @@ class PackStore:
                     if len(data) != layout.fragment_length(index):
                         raise RemoteError("corrupt", "fragment has the wrong length")
                 except (TransportError, NotEnoughPeers) as exc:
+                    del waiting[col]
                     errors.append(f"fragment {col}: {exc}")
+                    self.fetch_order.troubled(peers[col])
                     if isinstance(exc, RemoteError) and exc.code == "corrupt":
                         nursery.start_soon(self.report, peers[col], False)
                     launch_next()
                     return
+                self.fetch_order.answered(peers[col], trio.current_time() - waiting.pop(col))
                 self.stats.fragment_bytes_received += len(data)
                 got[col] = data
                 if len(got) >= layout.k:
                     nursery.cancel_scope.cancel()
 
+            async def hedge() -> None:
+                while True:
+                    await trio.sleep(self.fetch_order.hedge_delay())
+                    if not launch_next():
+                        return
+
             for _ in range(layout.k):
                 launch_next()
+            nursery.start_soon(hedge)
+        # Whoever was still silent after a hedge delay when the segment was done is slow or gone.
+        late = trio.current_time() - self.fetch_order.hedge_delay()
+        for col, started in waiting.items():
+            if started <= late:
+                self.fetch_order.troubled(peers[col])
         if len(got) < layout.k:
             raise NotEnoughPeers(
                 f"not enough peers: got {len(got)} of the {layout.k} fragments needed "

@@ -4,7 +4,8 @@ Slots are placed by rendezvous hashing (placement.py), so readers and writers
 agree on the R peers without an index. A write succeeds once a majority of
 those R peers stored it; a read asks all R in parallel and keeps the highest
 sequence number whose signature verifies (a peer may serve an older, still
-validly signed version). If none of the R holds the slot — the peer set has
+validly signed version). Once a majority has answered, the rest get a short
+grace and no more (quorum.py): a frozen peer must not stall every folder. If none of the R holds the slot — the peer set has
 changed since it was written — the next R in the ranking are asked too.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -21,6 +23,7 @@ from transport.errors import RemoteError, TransportError
 from .errors import ConflictError, NotEnoughPeers
 from .network import Network
 from .placement import rank_peers
+from .quorum import run_until_enough
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +51,23 @@ class SlotReplicas:
         answered = 0
         for start in range(0, min(len(ranked), 3 * self.replicas), self.replicas):
             best: SignedSlot | None = None
+            batch = ranked[start : start + self.replicas]
+            heard = 0
 
             async def ask(peer_id: bytes) -> None:
-                nonlocal answered, best
+                nonlocal answered, best, heard
                 try:
                     slot = await (await self.net.client(peer_id)).get_slot(writer)
                 except (TransportError, NotEnoughPeers) as exc:
                     log.info("slot read from a peer failed: %s", exc)
                     return
                 answered += 1
+                heard += 1
                 if slot is not None and (best is None or slot.seq > best.seq):
                     best = slot
 
-            async with trio.open_nursery() as nursery:
-                for peer_id in ranked[start : start + self.replicas]:
-                    nursery.start_soon(ask, peer_id)
+            quorum = self._quorum(len(batch))
+            await run_until_enough([partial(ask, p) for p in batch], lambda: heard >= quorum)
             if best is not None:
                 return best
         if answered == 0:
@@ -93,9 +98,8 @@ class SlotReplicas:
             except (TransportError, NotEnoughPeers) as exc:
                 log.info("slot write to a peer failed: %s", exc)
 
-        async with trio.open_nursery() as nursery:
-            for peer_id in targets:
-                nursery.start_soon(put, peer_id)
+        quorum = self._quorum(len(targets))
+        await run_until_enough([partial(put, p) for p in targets], lambda: stored >= quorum)
         if newer and stored < self._quorum(len(targets)):
             raise ConflictError(
                 f"this folder was changed elsewhere (version {max(newer)} is newer than {slot.seq}); try again"

@@ -1,0 +1,49 @@
+"""Peers that accept connections but never answer (frozen, black-holed): reads go around them.
+
+Killed peers refuse connections at once, which hides this case; a SIGSTOPped
+peer is the realistic one (a machine that hangs, a link that drops packets).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from pluto_fs.testing import start_mounted_volume
+
+
+def test_a_cold_read_with_two_of_five_peers_frozen_does_not_wait_for_them(tmp_path: Path) -> None:
+    vol = start_mounted_volume(tmp_path / "m", timeout=300.0)
+    try:
+        # Every network wait may take a minute here: the read must not be waiting for one.
+        config = vol.home.config()
+        config.request_timeout = 60.0
+        vol.home.save_config(config)
+        vol.unmount()
+        vol.mount()
+        data = os.urandom(24 << 20)  # three packs, 24 segments: folder and pack records, fragments
+        (vol.path / "photos").mkdir()
+        with open(vol.path / "photos" / "big.bin", "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        vol.unmount()
+        vol.drop_cache()  # everything now comes from the peers
+        vol.mount()
+        frozen = [vol.grid.storage[0].proc, vol.grid.storage[1].proc]  # hold the primaries of some segments
+        for p in frozen:
+            p.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            got = (vol.path / "photos" / "big.bin").read_bytes()
+            elapsed = time.monotonic() - start
+        finally:
+            for p in frozen:
+                p.send_signal(signal.SIGCONT)
+        assert got == data
+        # Waiting out the frozen peers even once would take 60 s; before hedging it took 40 s at 10 s.
+        assert elapsed < 30, f"the read took {elapsed:.1f} s: it waited for frozen peers"
+    finally:
+        vol.close()
