@@ -33,6 +33,8 @@ LABEL_ROOT_READ = b"pluto/v1/root/read-key"
 LABEL_CHUNK_MAC = b"pluto/v1/chunk/mac-key"
 LABEL_CHUNKER_SEED = b"pluto/v1/chunk/cdc-seed"
 LABEL_PACK = b"pluto/v1/pack/key"
+LABEL_SOCIAL_SLOT = b"pluto/v1/social/writer-seed"
+LABEL_SOCIAL_KEY = b"pluto/v1/social/aead-key"
 
 
 @lru_cache(maxsize=1)
@@ -112,6 +114,9 @@ class UserKeys:
     chunk_mac_key: bytes = field(repr=False)  # keyed-BLAKE3 key for chunk ids and chunk keys
     chunker_seed: int = field(repr=False)  # per-user FastCDC gear seed (see chunks.py)
     pack_key: bytes = field(repr=False)  # derives each pack record's write key (see packrecord.py)
+    # The slot holding the sealed backup of the user's social state (social_backup.py): not linked
+    # from the tree and unrelated to the identity key, so only the seed leads to it.
+    social: WriteCap = field(repr=False)
 
     @classmethod
     def from_seed(cls, seed: bytes) -> UserKeys:
@@ -127,6 +132,7 @@ class UserKeys:
             chunk_mac_key=derive_subkey(seed, LABEL_CHUNK_MAC),
             chunker_seed=cdc_seed or 1,
             pack_key=derive_subkey(seed, LABEL_PACK),
+            social=WriteCap("file", derive_subkey(seed, LABEL_SOCIAL_SLOT), derive_subkey(seed, LABEL_SOCIAL_KEY)),
         )
 
     @classmethod

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import trio
 
 from cryptree.caps import WriteCap
+from transport.errors import TransportError
 
 from . import social
 from .errors import HomeError, PlutoError
@@ -27,7 +29,12 @@ def _run(args: argparse.Namespace, body) -> object:
         state = social.SocialState.load(home)
         async with open_volume(home) as volume:
             result = await body(volume, state)
-        state.save(home)
+            state.save(home)  # first: the local copy is what the next command works from
+            try:
+                await social.back_up(volume, state)  # so `pluto restore` brings it back
+            except (PlutoError, TransportError) as exc:
+                print(f"pluto: warning: the social state is saved here but not backed up to the network ({exc}); "
+                      "the next social command tries again", file=sys.stderr)
         return result
 
     return trio.run(main)

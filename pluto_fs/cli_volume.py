@@ -16,6 +16,7 @@ from cryptree.identity import new_seed, phrase_to_seed, seed_to_phrase
 
 from .errors import HomeError, NotEnoughPeers, PlutoError
 from .home import Config, Home, home_path
+from .social import SocialState, fetch_backup
 from .tree import Tree
 from .units import format_size
 from .volume import open_volume
@@ -81,16 +82,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return 2
     home.create(seed, Config(coordinator=args.coordinator, k=args.k, n=args.n, happy=min(args.n, args.k + 1)))
 
-    async def check() -> int:
+    async def check() -> tuple[int, SocialState | None]:
         async with open_volume(home) as vol:
             root = await vol.load_dir(vol.keys.root, missing_ok=True)
-            return len(root.entries)
+            return len(root.entries), await fetch_backup(vol)
 
-    count = trio.run(check)
+    count, friends = trio.run(check)
     if count == 0:
         print(f"Restored the identity into {home.path}, but the network holds no files for it yet.")
     else:
         print(f"Restored the identity into {home.path}: {count} entries in your root folder.")
+    if friends is not None:
+        friends.save(home)
+        print(f"Restored your social state: {len(friends.following)} followed, {len(friends.followers)} "
+              f"followers, {len(friends.shares)} shares (see `pluto shares`).")
     return 0
 
 

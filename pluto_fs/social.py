@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptree.caps import ReadCap, WriteCap, parse_cap
 from cryptree.dirnode import DirEntry, DirLink, Directory, child_write_cap, link_child, new_directory_cap
 from cryptree.errors import CryptreeError
+from cryptree.social_backup import open_social_backup, seal_social_backup, social_backup_writer
 from cryptree.follow import (
     Contact,
     FollowRequest,
@@ -58,8 +59,27 @@ class SocialState:
             return cls()
         except (OSError, ValueError) as exc:
             raise HomeError(f"{path} is unreadable ({exc}); fix or remove it") from None
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        try:
+            return cls.from_dict(raw)
+        except ValueError as exc:
+            raise HomeError(f"{path} is unreadable ({exc}); fix or remove it") from None
+
+    @classmethod
+    def from_dict(cls, raw: object) -> SocialState:
+        """A state from its JSON form; ValueError if the shape is wrong (unknown keys are ignored)."""
+        if not isinstance(raw, dict):
+            raise ValueError("social state must be a JSON object")
+        fields = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        shapes = {"username": (str, type(None)), "following": dict, "requests": dict, "followers": dict,
+                  "shares": list, "seen": dict}
+        for name, value in fields.items():
+            if not isinstance(value, shapes[name]):
+                raise ValueError(f"social state field {name!r} has the wrong type")
+        return cls(**fields)
+
+    def encode(self) -> bytes:
+        """The canonical bytes of this state (what the network backup holds)."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
     def save(self, home: Home) -> None:
         """Write HOME/social.json atomically, readable only by its owner."""
@@ -284,3 +304,36 @@ async def _reseal(volume: Volume, old: WriteCap) -> WriteCap:
         entries.append(e)
     await volume.save_dir(new, entries, directory.attrs, 0)
     return new
+
+
+# ---- the backup on the network -----------------------------------------------------------
+
+
+async def back_up(volume: Volume, state: SocialState) -> bool:
+    """Seal `state` into the user's social backup slot; False if the network already held it."""
+    body = state.encode()
+    current = await volume.slots.read(social_backup_writer(volume.keys))
+    if current is not None:
+        try:
+            if open_social_backup(volume.keys, current) == body:
+                return False
+        except CryptreeError:
+            pass  # unreadable: overwrite it with a good one
+    try:
+        slot = seal_social_backup(volume.keys, current.seq + 1 if current is not None else 1, body)
+    except CryptreeError as exc:
+        raise PlutoError(f"the social state is too large to back up ({exc}); remove old shares") from None
+    await volume.slots.write(slot)
+    return True
+
+
+async def fetch_backup(volume: Volume) -> SocialState | None:
+    """The social state backed up on the network, or None if there is none."""
+    slot = await volume.slots.read(social_backup_writer(volume.keys))
+    if slot is None:
+        return None
+    try:
+        return SocialState.from_dict(json.loads(open_social_backup(volume.keys, slot)))
+    except (CryptreeError, ValueError) as exc:
+        raise PlutoError(f"the social backup on the network does not open ({exc}); "
+                         "followers and shares must be set up again") from None

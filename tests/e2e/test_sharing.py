@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from cryptree.identity import new_seed
+from cryptree.identity import new_seed, seed_to_phrase
 from pluto_fs.home import Config, Home
 from pluto_fs.localgrid import LocalGrid
 from pluto_fs.testing import MountedVolume
@@ -195,6 +195,57 @@ def test_alice_shares_photos_with_bob_and_project_with_carol(world, tmp_path: Pa
                 db.close()
             elif path.parent.name != "coordinator":
                 assert not present, f"{path} holds a user key of {present}"
+
+
+
+def _restore_on_a_new_machine(home: Home, grid: LocalGrid, where: Path) -> Home:
+    """`pluto restore` into a fresh home with nothing but the 24 words."""
+    new = Home(where)
+    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "restore", "--home", str(new.path),
+                          "--coordinator", grid.coordinator.address],
+                         input=seed_to_phrase(home.identity_path.read_bytes()), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Restored your social state: " in res.stdout, res.stdout
+    return new
+
+
+def test_the_24_words_bring_shares_back_in_both_directions(world, tmp_path: Path) -> None:
+    grid, homes = world
+    alice, bob = homes["alice"], homes["bob"]
+    _alice_writes(alice, {"Photos/beach.jpg": b"sand" * 1000, "Project/plan.txt": b"the plan"})
+    pluto(alice, "register", "alice")
+    pluto(bob, "register", "bob")
+    pluto(bob, "follow", "alice")
+    pluto(alice, "requests")
+    pluto(alice, "accept", "bob")
+    pluto(alice, "share", "/Photos", "bob")
+    assert "accepted" in pluto(bob, "requests").stdout
+
+    # Both lose their machines.
+    alice2 = _restore_on_a_new_machine(alice, grid, tmp_path / "alice-new")
+    bob2 = _restore_on_a_new_machine(bob, grid, tmp_path / "bob-new")
+    # The owner still knows the follower and their sharing folder: sharing more needs no new follow.
+    assert "/Photos" in pluto(alice2, "shares").stdout
+    pluto(alice2, "share", "/Project", "bob")
+    # The follower still holds the sharing folder Alice gave him, and sees both shares.
+    bob_mount = _mount(tmp_path / "bm", grid, bob2)
+    try:
+        shared = bob_mount.path / "shared" / "alice"
+
+        def both_visible() -> None:
+            assert sorted(os.listdir(shared)) == ["Photos", "Project"]
+
+        _eventually(both_visible)
+        assert (shared / "Photos" / "beach.jpg").read_bytes() == b"sand" * 1000
+        assert (shared / "Project" / "plan.txt").read_bytes() == b"the plan"
+    finally:
+        bob_mount.kill()
+    # The backups are sealed like any other slot: no peer holds a username or a user key in the clear.
+    stored = b"".join(p.read_bytes() for i in range(5) for p in (grid.root / f"peer{i}").rglob("*") if p.is_file())
+    for home in (alice, bob):
+        assert home.keys().user_id not in stored
+    assert b"alice" not in stored  # (a 3-letter name would turn up in megabytes of ciphertext by chance)
 
 
 def test_forged_replayed_and_flooded_requests_are_refused_without_losing_real_ones(world) -> None:
