@@ -207,6 +207,29 @@ class FsModel:
                 self._add_write_shares(d)
             return d.children  # type: ignore[return-value]
 
+    async def replay_journal(self) -> int:
+        """Load folders until every one the journal still holds changes for is replayed; return how many.
+
+        Folders are replayed when first loaded; after a crash, one the user
+        does not open again would keep its pending files local (and out of
+        `pluto status`) indefinitely. Walks the tree depth-first and stops as
+        soon as none is left; a journaled folder no longer in the tree is
+        reported and left in the journal.
+        """
+        before = len(self._journal_dirs)
+        stack: list[DirNode] = [self.root]
+        while self._journal_dirs and stack:
+            d = stack.pop()
+            kids = await self.children(d)
+            stack.extend(k for k in kids.values() if isinstance(k, DirNode))
+        if self._journal_dirs:
+            log.warning("%d journaled folders are no longer in the tree; their changes stay in the journal",
+                        len(self._journal_dirs))
+        replayed = before - len(self._journal_dirs)
+        if replayed:
+            self.changed.set()
+        return replayed
+
     # ---- shared with us ------------------------------------------------------------
 
     def _add_shared_root(self) -> None:
@@ -722,7 +745,8 @@ class FsModel:
     def pending(self) -> tuple[int, int, int]:
         """(dirty files, their bytes, directories waiting) for `pluto status`."""
         files = [f for f in self.dirty_files if f.parent is not None]
-        return len(files), sum(f.size for f in files), len(self.dirty_dirs)
+        # Journaled folders not replayed yet hold changes too (replay_journal is on its way to them).
+        return len(files), sum(f.size for f in files), len(self.dirty_dirs) + len(self._journal_dirs)
 
 
 def mode_of(node: Node) -> int:

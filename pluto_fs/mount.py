@@ -75,6 +75,19 @@ async def _statfs(volume: Volume, model: FsModel) -> tuple[int, int]:
     return max(total, 1), max(0, min(free, total))
 
 
+async def _replay_journal(model: FsModel) -> None:
+    """After a crash, bring every journaled folder back into the model so its uploads resume."""
+    while True:
+        try:
+            replayed = await model.replay_journal()
+            if replayed:
+                log.info("resumed the pending changes of %d folders from the journal", replayed)
+            return
+        except (PlutoError, TransportError) as exc:
+            log.warning("resuming journaled folders will retry: %s", exc)
+            await trio.sleep(10)
+
+
 async def _write_back(model: FsModel) -> None:
     """Upload quiet files and publish changed folders, forever (errors are retried)."""
     while True:
@@ -184,6 +197,7 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_write_back, model)
+                    nursery.start_soon(_replay_journal, model)
                     health: dict = {}
                     nursery.start_soon(_status_loop, home, model, volume, opts.mountpoint, health)
                     nursery.start_soon(_allowance_loop, model, volume)

@@ -124,6 +124,30 @@ def test_after_kill_9_the_journal_resumes_pending_uploads(mounted: MountedVolume
     assert _diff(src, mounted.path / "json").returncode == 0
 
 
+def test_after_kill_9_changes_in_folders_nobody_opens_again_still_upload(mounted: MountedVolume) -> None:
+    deep = mounted.path / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "old.txt").write_bytes(b"published before the crash")
+    _wait_until_published(mounted)
+    procs = [p.proc for p in mounted.grid.storage]
+    for p in procs:
+        p.send_signal(signal.SIGSTOP)  # nothing written from here on can leave the machine
+    try:
+        (deep / "new.txt").write_bytes(b"only in the local cache and journal")
+        mounted.kill()
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGCONT)
+    mounted.mount()
+    # Nobody looks into a/ again; the mount must still resume a/b's changes, and say so until done.
+    _wait_until_published(mounted)
+    mounted.unmount()
+    mounted.drop_cache()  # the machine is gone: what was not uploaded is lost
+    mounted.mount()
+    assert (deep / "new.txt").read_bytes() == b"only in the local cache and journal"
+    assert (deep / "old.txt").read_bytes() == b"published before the crash"
+
+
 def test_with_peers_frozen_cached_data_reads_writes_queue_and_ls_fails_in_time(mounted: MountedVolume) -> None:
     (mounted.path / "seen").write_bytes(b"cached content" * 1000)
     (mounted.path / "far" / "away").mkdir(parents=True)
