@@ -120,6 +120,7 @@ def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, 
         "downloaded_bytes": stats.fragment_bytes_received,
         "packs_uploaded": stats.packs_uploaded,
         "chunk_bytes_packed": stats.chunk_bytes_packed,
+        "fetches_hedged": stats.fetches_hedged,
         "health": health or {},
     }
     tmp = pid_file(home).with_suffix(".tmp")

@@ -50,6 +50,7 @@ class TransferStats:
     fragment_bytes_received: int = 0
     packs_uploaded: int = 0
     chunk_bytes_packed: int = 0
+    fetches_hedged: int = 0  # extra fragment fetches started because one was slow to answer
 
 
 @dataclass
@@ -245,6 +246,7 @@ class PackStore:
                     await trio.sleep(self.fetch_order.hedge_delay())
                     if not launch_next():
                         return
+                    self.stats.fetches_hedged += 1
 
             for _ in range(layout.k):
                 launch_next()

@@ -502,7 +502,9 @@ class Bench:
         if fs == "pluto":
             st, _ = self.wait_pluto_idle()  # the mount started at 0: all it fetched is this read
             res["read_fetched_per_byte"] = st["downloaded_bytes"] / self.s.size
-        log(f"{fs} {r + 1}: cold read {m.wall:.1f} s")
+            res["read_fetches_hedged"] = st.get("fetches_hedged", 0)
+        log(f"{fs} {r + 1}: cold read {m.wall:.1f} s"
+            + (f" ({res['read_fetches_hedged']} fetches hedged)" if fs == "pluto" else ""))
 
     def tree(self, fs: str, r: int, mnt: Path, res: dict) -> None:
         """3. `rsync -a` of the tree, until durable, then `diff -r`."""
