@@ -121,6 +121,7 @@ def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, 
         "packs_uploaded": stats.packs_uploaded,
         "chunk_bytes_packed": stats.chunk_bytes_packed,
         "fetches_hedged": stats.fetches_hedged,
+        "columns_short": stats.columns_short,
         "health": health or {},
     }
     tmp = pid_file(home).with_suffix(".tmp")

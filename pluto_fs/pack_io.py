@@ -3,7 +3,8 @@
 Upload: the pack is erasure-coded into n fragment columns; column i of every
 segment goes to the i-th of n distinct peers from the coordinator. A peer
 that fails is replaced by another (excluding every peer already tried);
-the pack counts as stored once at least `happy` columns are placed. Then the
+the pack counts as stored once at least `happy` columns are placed, and the
+columns still going then get a grace, not the request timeout. Then the
 pack record (layout + which peer holds each column) is signed and replicated.
 
 Read: the record (cached) tells which segments cover the wanted bytes; for
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -27,12 +29,13 @@ from cryptree.packrecord import Locator, PackRecord, open_pack_record, pack_writ
 from transport.errors import RemoteError, TransportError
 
 from .erasure import decode_segment
+from .errors import NotEnoughPeers, QuotaExceeded
 from .fetch_cache import FetchCache
 from .fetch_order import FetchOrder
-from .errors import NotEnoughPeers, QuotaExceeded
 from .network import Network
 from .pack_log import PackLog
 from .packs import LayoutError, PackLayout, encode_pack, read_range
+from .quorum import run_until_enough
 from .run_all import run_all
 from .slot_replicas import SlotReplicas
 
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 
 PLACEMENT_RETRIES = 3  # replacement peers tried per fragment column
 FRAGMENTS_IN_FLIGHT = 4  # fragment uploads outstanding per peer and pack
+# Seconds the columns still uploading get once `happy` are placed (twice what those took, within
+# these bounds); a column cut off stays with its peer in the record, and repair refills it.
+UPLOAD_MIN_GRACE = 1.0
+UPLOAD_MAX_GRACE = 10.0
 
 
 @dataclass
@@ -51,6 +58,7 @@ class TransferStats:
     packs_uploaded: int = 0
     chunk_bytes_packed: int = 0
     fetches_hedged: int = 0  # extra fragment fetches started because one was slow to answer
+    columns_short: int = 0  # fragment columns of stored packs left unplaced (failed, or cut off after `happy`)
 
 
 @dataclass
@@ -117,9 +125,10 @@ class PackStore:
                 peer = spare[0].id
                 tried.add(peer)
 
-        async with trio.open_nursery() as nursery:
-            for i in range(self.n):
-                nursery.start_soon(place_column, i)
+        # Once `happy` columns are placed the pack is safe; a silent peer then gets a grace, not
+        # the request timeout (fsync with 1 of 5 peers frozen waited the full 10 s before).
+        await run_until_enough([partial(place_column, i) for i in range(self.n)],
+                               lambda: sum(placed) >= self.happy, UPLOAD_MIN_GRACE, UPLOAD_MAX_GRACE)
         if sum(placed) < self.happy and refusals:
             raise QuotaExceeded(f"no space to store more: {refusals[0]}")
         if sum(placed) < self.happy:
@@ -127,6 +136,9 @@ class PackStore:
                 f"stored only {sum(placed)} of {self.n} fragments of a pack ({self.happy} needed); "
                 "check `pluto peers` and try again"
             )
+        if sum(placed) < self.n:
+            self.stats.columns_short += self.n - sum(placed)
+            log.info("pack stored with %d of %d fragment columns; repair will place the rest", sum(placed), self.n)
         # A column that found no home keeps its last candidate: reads skip it, repair refills it.
         peers = tuple(c if c is not None else found[0].id for c in columns)
         record = PackRecord(layout.to_dict(), peers)

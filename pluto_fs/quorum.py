@@ -1,4 +1,4 @@
-"""Run calls to several replicas at once, and stop waiting for stragglers once enough answered.
+"""Run calls to several peers at once, and stop waiting for stragglers once enough answered.
 
 A frozen or black-holed peer never fails, it only stays silent; waiting for
 every replica made each slot read and write cost the full transport timeout
@@ -6,7 +6,8 @@ while one peer was frozen. A majority settles a slot (writes land on a
 majority, so a majority of answers includes the newest version); the others
 get a grace of twice the time the majority took (within bounds), so a
 healthy but slower replica is still heard without a frozen one costing more
-than that.
+than that. Pack uploads use the same rule with `happy` columns as "enough"
+and a longer grace (a column is megabytes, not a slot).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ MIN_GRACE = 0.05  # seconds: loopback answers come within a millisecond or two
 MAX_GRACE = 1.0
 
 
-async def run_until_enough(calls: Sequence[Callable[[], Awaitable[None]]], enough: Callable[[], bool]) -> None:
+async def run_until_enough(calls: Sequence[Callable[[], Awaitable[None]]], enough: Callable[[], bool],
+                           min_grace: float = MIN_GRACE, max_grace: float = MAX_GRACE) -> None:
     """Run `calls` at once; once `enough()` holds, give the rest twice as long as that took
-    (between MIN_GRACE and MAX_GRACE seconds), then cancel them."""
+    (between `min_grace` and `max_grace` seconds), then cancel them."""
     if not calls:
         return
     reached = trio.Event()
@@ -43,7 +45,7 @@ async def run_until_enough(calls: Sequence[Callable[[], Awaitable[None]]], enoug
 
         async def cut_stragglers() -> None:
             await reached.wait()
-            await trio.sleep(min(MAX_GRACE, max(MIN_GRACE, 2 * (trio.current_time() - started))))
+            await trio.sleep(min(max_grace, max(min_grace, 2 * (trio.current_time() - started))))
             nursery.cancel_scope.cancel()
 
         for call in calls:

@@ -456,6 +456,10 @@ class Bench:
             st1, _ = self.wait_pluto_idle()
             # Fragment bytes sent per byte written: 5/3 expected for 3-of-5 (plus padding).
             res["write_sent_per_byte"] = (st1["uploaded_bytes"] - st0["uploaded_bytes"]) / self.s.size
+            # Columns cut off once `happy` were placed (a slow peer): left to repair, so they count here.
+            res["write_columns_short"] = st1.get("columns_short", 0) - st0.get("columns_short", 0)
+            if res["write_columns_short"]:
+                log(f"pluto {r + 1}: {res['write_columns_short']} fragment columns left to repair")
         return dst
 
     def fresh_mount(self, res: dict) -> None:
