@@ -76,12 +76,30 @@ class MountedVolume:
         if is_mounted(self.path):
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
 
+    def reconfigure(self, **fields: object) -> None:
+        """Set config.json fields (e.g. request_timeout=60.0) and remount so the mount uses them."""
+        config = self.home.config()
+        for name, value in fields.items():
+            if not hasattr(config, name):
+                raise AttributeError(f"Config has no field {name!r}")
+            setattr(config, name, value)
+        self.home.save_config(config)
+        self.unmount()
+        self.mount()
+
     def drop_cache(self) -> None:
         """Remove the local cache so the next mount reads everything from peers (unmounted only)."""
         assert self.proc is None
         import shutil
 
         shutil.rmtree(self.home.path / "cache", ignore_errors=True)
+
+    def remount_fresh(self) -> None:
+        """Unmount (uploading what is pending), forget the local cache and journal, mount again:
+        from here on everything comes from the peers, as on a new machine."""
+        self.unmount()
+        self.drop_cache()
+        self.mount()
 
     def close(self) -> None:
         """Tear everything down, whatever state it is in."""

@@ -47,9 +47,7 @@ def test_rsync_of_the_standard_library_survives_remount_from_a_fresh_cache(mount
     res = subprocess.run(["rsync", "-a", *RSYNC_EXCLUDES, f"{STDLIB}/", str(dest)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert _diff(STDLIB, dest).returncode == 0
-    mounted.unmount()
-    mounted.drop_cache()  # everything now comes from the peers
-    mounted.mount()
+    mounted.remount_fresh()
     res = _diff(STDLIB, dest)
     assert res.returncode == 0, res.stdout[-2000:]
 
@@ -141,9 +139,7 @@ def test_after_kill_9_changes_in_folders_nobody_opens_again_still_upload(mounted
     mounted.mount()
     # Nobody looks into a/ again; the mount must still resume a/b's changes, and say so until done.
     _wait_until_published(mounted)
-    mounted.unmount()
-    mounted.drop_cache()  # the machine is gone: what was not uploaded is lost
-    mounted.mount()
+    mounted.remount_fresh()  # the machine is gone: what was not uploaded would be lost
     assert (deep / "new.txt").read_bytes() == b"only in the local cache and journal"
     assert (deep / "old.txt").read_bytes() == b"published before the crash"
 
@@ -171,9 +167,7 @@ def test_with_peers_frozen_cached_data_reads_writes_queue_and_ls_fails_in_time(m
         for p in procs:
             p.send_signal(signal.SIGCONT)
     assert "no answer from the network" in mounted.log_path.read_text()
-    mounted.unmount()
-    mounted.drop_cache()
-    mounted.mount()
+    mounted.remount_fresh()
     assert (mounted.path / "queued.txt").read_bytes() == b"written while the network is away"
     assert os.listdir(mounted.path / "far" / "away") == ["f"]
 
@@ -280,9 +274,7 @@ def test_a_journal_left_by_an_older_pluto_is_migrated_and_resumes(mounted: Mount
     mounted.mount()  # migrates, then resumes
     assert _diff(src, mounted.path / "json").returncode == 0
     assert sorted(os.listdir(mounted.path)) == ["json"]
-    mounted.unmount()
-    mounted.drop_cache()
-    mounted.mount()
+    mounted.remount_fresh()
     assert _diff(src, mounted.path / "json").returncode == 0
 
 
@@ -298,8 +290,6 @@ def test_chmod_of_a_folder_not_listed_since_mount_keeps_its_entries(mounted: Mou
     mounted.mount()
     assert sorted(os.listdir(keep)) == ["a", "b", "c"]
     assert stat.S_IMODE(keep.stat().st_mode) == 0o700
-    mounted.unmount()
-    mounted.drop_cache()
-    mounted.mount()
+    mounted.remount_fresh()
     assert sorted(os.listdir(keep)) == ["a", "b", "c"] and (keep / "b").read_bytes() == b"b"
     assert stat.S_IMODE(keep.stat().st_mode) == 0o700

@@ -201,11 +201,7 @@ def test_the_mount_repairs_in_the_background_and_shows_it_in_status(tmp_path: Pa
 
     vol = start_mounted_volume(tmp_path / "m", peers=7)
     try:
-        config = vol.home.config()
-        config.audit_interval = 1.0
-        vol.home.save_config(config)
-        vol.unmount()
-        vol.mount()
+        vol.reconfigure(audit_interval=1.0)
         data = os.urandom(5 << 20)
         with open(vol.path / "precious.bin", "wb") as f:
             f.write(data)
@@ -228,9 +224,7 @@ def test_the_mount_repairs_in_the_background_and_shows_it_in_status(tmp_path: Pa
             assert time.monotonic() < deadline, f"no background repair within 60 s: {health}"
             time.sleep(1)
         vol.grid.storage[holders[2]].kill()  # a third loss after the repair
-        vol.unmount()
-        vol.drop_cache()
-        vol.mount()
+        vol.remount_fresh()
         assert (vol.path / "precious.bin").read_bytes() == data
     finally:
         vol.close()
