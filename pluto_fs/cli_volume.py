@@ -85,7 +85,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     async def check() -> tuple[int, SocialState | None]:
         async with open_volume(home) as vol:
             root = await vol.load_dir(vol.keys.root, missing_ok=True)
-            return len(root.entries), await fetch_backup(vol)
+            try:
+                friends = await fetch_backup(vol)
+            except PlutoError as exc:  # the files are back either way: say what is missing, do not fail
+                print(f"pluto: warning: {exc}", file=sys.stderr)
+                friends = None
+            return len(root.entries), friends
 
     count, friends = trio.run(check)
     if count == 0:

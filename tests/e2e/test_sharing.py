@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from cryptree.identity import new_seed, seed_to_phrase
+from cryptree.slot import sign_slot
 from pluto_fs.home import Config, Home
 from pluto_fs.localgrid import LocalGrid
 from pluto_fs.testing import MountedVolume
@@ -287,3 +288,22 @@ def test_forged_replayed_and_flooded_requests_are_refused_without_losing_real_on
     assert "bob asks to follow you" in pluto(alice, "requests").stdout
     pluto(alice, "accept", "bob")
     assert "accepted" in pluto(bob, "requests").stdout
+
+
+def test_a_damaged_social_backup_is_reported_but_does_not_stop_a_restore(world, tmp_path: Path) -> None:
+    grid, homes = world
+    alice = homes["alice"]
+    _alice_writes(alice, {"notes.txt": b"still here"})
+
+    async def damage() -> None:  # validly signed with the backup key, garbage inside
+        async with open_volume(alice) as vol:
+            await vol.slots.write(sign_slot(vol.keys.social.signing_key, 5, b"\x01" + os.urandom(100)))
+
+    trio.run(damage)
+    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "restore", "--home", str(tmp_path / "new"),
+                          "--coordinator", grid.coordinator.address],
+                         input=seed_to_phrase(alice.identity_path.read_bytes()), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "1 entries in your root folder" in res.stdout
+    assert "social backup on the network does not open" in res.stderr and "Traceback" not in res.stderr
