@@ -170,6 +170,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "pending_bytes": info.get("pending_bytes", 0) if mount_alive else 0,
         "pending_folders": info.get("pending_folders", 0) if mount_alive else 0,
         "uploaded_bytes": info.get("uploaded_bytes", 0) if mount_alive else 0,
+        # peers the mount saw fail or fall silent in the last minute: its reads ask them last
+        "slow_peers": info.get("slow_peers", []) if mount_alive else [],
         "health": info.get("health", {}) if mount_alive else {},
         "peers_total": len(records),
         "peers_alive": len(alive),
@@ -232,9 +234,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"peers: {len(alive)} of {len(records)} healthy, {len(offline)} offline, {len(lost)} lost "
               f"(data needs {config.k} of {config.n} per pack; repair grace {_duration(grace)})")
+        slow = set(status["slow_peers"])
         for p in records:
+            note = "  slow to answer lately: asked last" if p.id.hex() in slow else ""
             print(f"  {_state_text(p, states[p.id], grace):<24} {p.address:<22} uptime {p.uptime * 100:5.1f}%  "
-                  f"reputation {p.reputation:.2f}  free {format_size(p.free)}")
+                  f"reputation {p.reputation:.2f}  free {format_size(p.free)}{note}")
     print(f"at risk: {status['risk']}")
     return 0
 

@@ -53,6 +53,10 @@ class FetchOrder:
             return False
         return True
 
+    def troubled_peers(self) -> list[bytes]:
+        """Every peer with trouble within the last `trouble_ttl` seconds (for `pluto status`)."""
+        return [peer for peer in list(self._trouble) if self.in_trouble(peer)]
+
     def order(self, peers: tuple[bytes, ...], columns: Iterable[int], offline: Collection[bytes] = ()) -> list[int]:
         """`columns` sorted: untroubled peers, then troubled ones, then those listed offline."""
 

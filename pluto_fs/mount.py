@@ -122,6 +122,7 @@ def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, 
         "chunk_bytes_packed": stats.chunk_bytes_packed,
         "fetches_hedged": stats.fetches_hedged,
         "columns_short": stats.columns_short,
+        "slow_peers": [peer.hex() for peer in volume.packs.fetch_order.troubled_peers()],
         "health": health or {},
     }
     tmp = pid_file(home).with_suffix(".tmp")

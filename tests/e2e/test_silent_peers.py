@@ -6,12 +6,16 @@ peer is the realistic one (a machine that hangs, a link that drops packets).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from pluto_fs.testing import start_mounted_volume
+from transport.peer_id import parse_peer_id
 
 
 def test_a_cold_read_with_two_of_five_peers_frozen_does_not_wait_for_them(tmp_path: Path) -> None:
@@ -38,6 +42,18 @@ def test_a_cold_read_with_two_of_five_peers_frozen_does_not_wait_for_them(tmp_pa
         assert got == data
         # Waiting out the frozen peers even once would take 60 s; before hedging it took 40 s at 10 s.
         assert elapsed < 30, f"the read took {elapsed:.1f} s: it waited for frozen peers"
+        # ...and `pluto status` says which peers were slow (the mount rewrites its status every second).
+        frozen_ids = {parse_peer_id(vol.grid.storage[i].peer_id).hex() for i in (0, 1)}
+        deadline = time.monotonic() + 10
+        while True:
+            res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "status", "--json", "--home",
+                                  str(vol.home.path)], capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0, res.stderr
+            slow = set(json.loads(res.stdout)["slow_peers"])
+            if frozen_ids <= slow:
+                break
+            assert time.monotonic() < deadline, f"status lists {slow} as slow, not the frozen {frozen_ids}"
+            time.sleep(0.5)
     finally:
         vol.close()
 

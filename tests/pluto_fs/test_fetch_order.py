@@ -21,10 +21,12 @@ def test_troubled_peers_go_after_the_others_and_offline_ones_last_until_the_trou
         assert order.order(PEERS, range(5)) == [0, 1, 2, 3, 4]  # primaries first
         order.troubled(b"p0")
         assert order.order(PEERS, range(5), offline={b"p1"}) == [2, 3, 4, 0, 1]
+        assert order.troubled_peers() == [b"p0"]
         order.answered(b"p2", 0.01)
         assert order.order(PEERS, [4, 2, 0]) == [4, 2, 0]  # only a rank reorders; the given order stays
         await trio.sleep(61)
         assert order.order(PEERS, range(5)) == [0, 1, 2, 3, 4]
+        assert order.troubled_peers() == []
         order.troubled(b"p3")
         order.answered(b"p3", 0.02)  # answering again clears it at once
         assert order.order(PEERS, range(5)) == [0, 1, 2, 3, 4]
