@@ -14,6 +14,7 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from transport.coordinator import (
+    DB_NAME,
     CoordinatorLimits,
     add_audit,
     decay_audit_weights,
@@ -188,6 +189,45 @@ def test_audit_reports_move_reputation(tmp_path: Path) -> None:
                 assert {f.id for f in await a.client.find_peers(10)} == {good.id}
 
     run(body)
+
+
+def test_time_the_coordinator_was_down_is_not_held_against_its_peers(tmp_path: Path) -> None:
+    """A coordinator stopped for a day (the demo grid between two runs) does not judge its peers for it."""
+    import sqlite3
+
+    async def heartbeats(p: Party, count: int) -> None:
+        for _ in range(count):
+            await p.client.heartbeat(free=5_000, used=0)
+            await trio.sleep(0.11)
+
+    async def before() -> None:
+        async with coordinator(tmp_path, heartbeat_interval=0.1) as addr:
+            async with party(addr) as p:
+                await p.client.register("127.0.0.1:7000", 10_000, 5_000, heartbeat_interval=0.1)
+                await heartbeats(p, 10)
+                keys.append(p.key)
+
+    keys: list[PrivateKey] = []
+    run(before)
+    # Everything above happened a day ago, and the coordinator has been stopped since.
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("UPDATE peers SET first_seen = first_seen - 86400, last_seen = last_seen - 86400,"
+               " last_counted = last_counted - 86400")
+    db.execute("UPDATE counters SET n = n - 86400 WHERE name = 'awake'")
+    db.commit()
+    db.close()
+
+    async def after() -> None:
+        async with coordinator(tmp_path, heartbeat_interval=0.1) as addr:
+            async with open_pool(bytes(keys[0])) as pool, party(addr) as user:
+                p = Party(pool, addr, keys[0])
+                await heartbeats(p, 2)  # back: it heartbeats again
+                record = {r.id: r for r in await user.client.list_peers()}[p.id]
+                assert record.alive
+                assert record.uptime > 0.5, record  # a day unheard would have made it ~0.0001
+                assert p.id in {f.id for f in await user.client.find_peers(5)}  # still offered for placement
+
+    run(after)
 
 
 def test_reputation_and_uptime_functions() -> None:
