@@ -250,7 +250,9 @@ def _discount_downtime(conn: sqlite3.Connection) -> float:
     """
     now = time.time()
     row = conn.execute("SELECT n FROM counters WHERE name = ?", (_AWAKE,)).fetchone()
-    shift = max(0.0, now - row[0]) if row is not None else 0.0
+    if row is None:  # a database from before these notes: the last heartbeat heard is the best guess
+        row = conn.execute("SELECT MAX(last_seen) FROM peers").fetchone()
+    shift = max(0.0, now - row[0]) if row is not None and row[0] is not None else 0.0
     if shift > 0:
         conn.execute(
             "UPDATE peers SET first_seen = MIN(first_seen + ?1, ?2), last_seen = MIN(last_seen + ?1, ?2),"
