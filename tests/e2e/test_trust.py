@@ -58,6 +58,22 @@ def _store(home: Home, src: Path) -> None:
     trio.run(run)
 
 
+def _stored_tree(grid: LocalGrid, tmp_path: Path, files: int, seed: int, big: int) -> tuple[Path, Home]:
+    """A generated tree of `files` files plus one of `big` bytes, stored by a fresh user: (source, home)."""
+    src = tmp_path / "src"
+    make_tree(src, files, seed=seed, big=(big,))
+    home = _home(tmp_path, grid)
+    _store(home, src)
+    return src, home
+
+
+def _kill_busiest_holder(grid: LocalGrid) -> tuple[int, bytes]:
+    """kill -9 the peer holding the most fragments; return its index and id."""
+    i = _busiest_holder(grid)
+    grid.storage[i].kill()
+    return i, parse_peer_id(grid.storage[i].peer_id)
+
+
 def _peer_store(grid: LocalGrid, i: int) -> Path:
     return grid.root / f"peer{i}"
 
@@ -72,10 +88,7 @@ def _busiest_holder(grid: LocalGrid) -> int:
 
 
 def test_a_peer_that_drops_half_its_fragments_is_caught_and_gets_no_new_data(grid6: LocalGrid, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    make_tree(src, 60, seed=7, big=(12 << 20,))
-    home = _home(tmp_path, grid6)
-    _store(home, src)
+    src, home = _stored_tree(grid6, tmp_path, 60, seed=7, big=12 << 20)
     # the cheat throws away half its fragment files but keeps its index (and keeps answering)
     cheater = _busiest_holder(grid6)
     cheat = parse_peer_id(grid6.storage[cheater].peer_id)
@@ -102,16 +115,11 @@ def test_a_peer_that_drops_half_its_fragments_is_caught_and_gets_no_new_data(gri
 
 
 def test_a_lost_peer_is_repaired_away_then_another_loss_is_survived(grid6: LocalGrid, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    make_tree(src, 80, seed=8, big=(10 << 20,))
-    home = _home(tmp_path, grid6)
-    _store(home, src)
-    lost = _busiest_holder(grid6)
-    grid6.storage[lost].kill()  # gone for good
+    src, home = _stored_tree(grid6, tmp_path, 80, seed=8, big=10 << 20)
+    lost, dead = _kill_busiest_holder(grid6)  # gone for good
 
     async def repair() -> None:
         async with open_volume(home) as vol:
-            dead = parse_peer_id(grid6.storage[lost].peer_id)
             with trio.fail_after(20):
                 while (await vol.net.peers(refresh=True))[dead].alive:
                     await trio.sleep(0.2)
@@ -133,10 +141,7 @@ def test_a_lost_peer_is_repaired_away_then_another_loss_is_survived(grid6: Local
 
 
 def test_a_peer_serving_corrupted_fragments_is_caught_and_loses_reputation(grid6: LocalGrid, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    make_tree(src, 30, seed=9, big=(8 << 20,))
-    home = _home(tmp_path, grid6)
-    _store(home, src)
+    src, home = _stored_tree(grid6, tmp_path, 30, seed=9, big=8 << 20)
     bad = _busiest_holder(grid6)
     for f in _fragments_on(grid6, bad):
         if f.stat().st_size:
@@ -297,10 +302,7 @@ def _peer_states(home: Home, grid: LocalGrid) -> list[str]:
 
 
 def test_a_peer_offline_within_the_grace_keeps_its_data_and_costs_no_repair(grid6: LocalGrid, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    make_tree(src, 20, seed=10, big=(6 << 20,))
-    home = _home(tmp_path, grid6)
-    _store(home, src)
+    src, home = _stored_tree(grid6, tmp_path, 20, seed=10, big=6 << 20)
     grace = home.config().repair_grace
     assert grace == 72 * 3600  # the default, from docs/SIMULATION.md
     away = _busiest_holder(grid6)
@@ -347,9 +349,7 @@ def test_a_peer_offline_longer_than_the_grace_is_repaired_to_n(grid6: LocalGrid,
     config.repair_grace = 4.0  # long enough for the first check to finish inside it on a busy machine
     home.save_config(config)
     _store(home, src)
-    away = _busiest_holder(grid6)
-    away_id = parse_peer_id(grid6.storage[away].peer_id)
-    grid6.storage[away].kill()
+    away, away_id = _kill_busiest_holder(grid6)
 
     async def within_grace() -> CheckReport:
         async with open_volume(home) as vol:
@@ -379,13 +379,8 @@ def test_a_peer_offline_longer_than_the_grace_is_repaired_to_n(grid6: LocalGrid,
 
 
 def test_check_repair_now_does_not_wait_for_the_grace(grid6: LocalGrid, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    make_tree(src, 10, seed=12, big=(4 << 20,))
-    home = _home(tmp_path, grid6)
-    _store(home, src)
-    away = _busiest_holder(grid6)
-    away_id = parse_peer_id(grid6.storage[away].peer_id)
-    grid6.storage[away].kill()
+    src, home = _stored_tree(grid6, tmp_path, 10, seed=12, big=4 << 20)
+    away, away_id = _kill_busiest_holder(grid6)
 
     async def wait_gone() -> None:
         async with open_volume(home) as vol:
