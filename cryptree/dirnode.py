@@ -9,13 +9,18 @@ only the parent's read capability cannot write anywhere below it.
 
 Plaintext (canonical CBOR, then padded, encrypted and signed by _slotbox):
 
-    [1, self_attrs or null, [entry, ...]]          entries sorted by UTF-8 name
-    entry      = [name, kind, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, size, {xattr: value}, child]
+    [2, self_attrs or null, [entry, ...], [tombstone, ...]]   both sorted by UTF-8 name
+    entry      = [name, kind, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, size, {xattr: value}, child, version]
     kind       = 0 file | 1 dir | 2 symlink
     child      = file: [0, data] | [1, file_key, sealed_manifest]
                  dir:  [writer_public_key, read_key, wrapped_writer_seed or null]
                  symlink: target bytes
+    tombstone  = [name, deleted_ns, version]      a name deleted recently (see cryptree/dirmerge.py)
+    version    = [[writer_tag, counter], ...]     a version vector (cryptree/versions.py)
     self_attrs = [mode, uid, gid, atime_ns, mtime_ns, ctime_ns, {xattr: value}]
+
+Format 1 (`[1, self_attrs, [entry of 11 fields, ...]]`, no versions, no
+tombstones) is still read: its entries have the empty version.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cryptree import _cbor
+from cryptree import _cbor, versions
 from cryptree._slotbox import open_from_slot, seal_into_slot
 from cryptree.caps import ReadCap, WriteCap, new_write_cap
 from cryptree.errors import CapabilityError, FormatError
@@ -40,8 +45,9 @@ from cryptree.filenode import (
 )
 from cryptree.keys import AEAD_OVERHEAD, KEY_SIZE, aead_open, aead_seal, derive_subkey
 from cryptree.slot import SignedSlot
+from cryptree.versions import EMPTY, Version
 
-DIR_FORMAT = 1
+DIR_FORMAT = 2
 MAX_NAME_BYTES = 255
 MAX_SYMLINK_TARGET = 4095  # PATH_MAX - 1
 MAX_XATTR_NAME = 255
@@ -162,10 +168,13 @@ class DirEntry:
     ctime_ns: int = 0
     size: int = 0
     xattrs: Mapping[str, bytes] = field(default_factory=dict)
+    version: Version = EMPTY  # which writers changed this name, and how often (merging several writers)
 
     def __post_init__(self) -> None:
         validate_name(self.name)
         what = f"entry {self.name!r}"
+        if self.version:
+            versions.check(self.version, what)
         if type(self.child) not in (InlineData, FileRef, DirLink, Symlink):
             raise FormatError(f"{what} child must be InlineData, FileRef, DirLink or Symlink")
         _check_attrs(self.mode, self.uid, self.gid, (self.atime_ns, self.mtime_ns, self.ctime_ns), what)
@@ -185,6 +194,22 @@ class DirEntry:
         if type(self.child) is Symlink:
             return "symlink"
         return "file"
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A name deleted at `deleted_ns`, kept for a while so a merge knows it was deleted, not never seen."""
+
+    name: str
+    deleted_ns: int
+    version: Version
+
+    def __post_init__(self) -> None:
+        validate_name(self.name)
+        _cbor.expect_int(self.deleted_ns, MIN_TIME, MAX_TIME, f"tombstone {self.name!r} time")
+        if not self.version:
+            raise FormatError(f"tombstone {self.name!r} has no version; it is corrupt")
+        versions.check(self.version, f"tombstone {self.name!r}")
 
 
 @dataclass(frozen=True)
@@ -212,11 +237,13 @@ class DirAttrs:
 
 @dataclass(frozen=True)
 class Directory:
-    """An opened directory: the verified sequence number, its own attributes, and its entries by name order."""
+    """An opened directory: the verified sequence number, its own attributes, its entries and its
+    tombstones, each in name order."""
 
     seq: int
     attrs: DirAttrs | None
     entries: tuple[DirEntry, ...]
+    tombstones: tuple[Tombstone, ...] = ()
 
     def get(self, name: str) -> DirEntry | None:
         """The entry called `name`, or None."""
@@ -311,16 +338,42 @@ def _encode_entry(e: DirEntry) -> list[Any]:
     return [
         e.name, _KIND_CODE[e.kind], e.mode, e.uid, e.gid,
         e.atime_ns, e.mtime_ns, e.ctime_ns, e.size, dict(e.xattrs), _encode_child(e.child),
+        versions.encode(e.version),
     ]  # fmt: skip
 
 
-def _decode_entry(value: Any) -> DirEntry:
-    name, kind, mode, uid, gid, atime, mtime, ctime, size, xattrs, child = _cbor.expect_list(value, 11, "entry")
+def _decode_entry(value: Any, fields: int = 12) -> DirEntry:
+    row = _cbor.expect_list(value, fields, "entry")
+    name, kind, mode, uid, gid, atime, mtime, ctime, size, xattrs, child = row[:11]
     name = validate_name(_cbor.expect_str(name, "entry name"))
     kind = _cbor.expect_int(kind, 0, 2, f"entry {name!r} kind")
     if type(xattrs) is not dict:
         raise FormatError(f"entry {name!r} extended attributes must be a map; it is corrupt")
-    return DirEntry(name, _decode_child(kind, child), mode, uid, gid, atime, mtime, ctime, size, xattrs)
+    version = versions.decode(row[11], f"entry {name!r}") if fields > 11 else EMPTY
+    return DirEntry(name, _decode_child(kind, child), mode, uid, gid, atime, mtime, ctime, size, xattrs, version)
+
+
+def encode_entry(entry: DirEntry) -> bytes:
+    """One entry on its own, as the directory format writes it (for local journals)."""
+    if type(entry) is not DirEntry:
+        raise FormatError("an entry must be a DirEntry")
+    return _cbor.dumps(_encode_entry(entry))
+
+
+def decode_entry(data: bytes) -> DirEntry:
+    """Parse `encode_entry` output strictly; FormatError on anything else."""
+    return _decode_entry(_cbor.loads(data, "directory entry"))
+
+
+def _encode_tombstone(t: Tombstone) -> list[Any]:
+    return [t.name, t.deleted_ns, versions.encode(t.version)]
+
+
+def _decode_tombstone(value: Any) -> Tombstone:
+    name, deleted, version = _cbor.expect_list(value, 3, "tombstone")
+    name = validate_name(_cbor.expect_str(name, "tombstone name"))
+    return Tombstone(name, _cbor.expect_int(deleted, MIN_TIME, MAX_TIME, f"tombstone {name!r} time"),
+                     versions.decode(version, f"tombstone {name!r}"))
 
 
 def _encode_attrs(a: DirAttrs | None) -> Any:
@@ -338,44 +391,68 @@ def _decode_attrs(value: Any) -> DirAttrs | None:
     return DirAttrs(mode, uid, gid, atime, mtime, ctime, xattrs)
 
 
-def _sorted_unique(entries: Iterable[DirEntry]) -> tuple[DirEntry, ...]:
-    ordered = sorted(entries, key=lambda e: e.name.encode("utf-8"))
+def _sorted_unique(items: Iterable[Any], what: str = "entries") -> tuple[Any, ...]:
+    ordered = sorted(items, key=lambda e: e.name.encode("utf-8"))
     for a, b in itertools.pairwise(ordered):
         if a.name == b.name:
-            raise FormatError(f"directory has two entries named {a.name!r}; names must be unique")
+            raise FormatError(f"directory has two {what} named {a.name!r}; names must be unique")
     return tuple(ordered)
 
 
-def encode_directory(entries: Iterable[DirEntry], attrs: DirAttrs | None = None) -> bytes:
-    """Canonical CBOR plaintext of a directory (entries sorted by UTF-8 name)."""
+def _check_disjoint(entries: tuple[DirEntry, ...], tombstones: tuple[Tombstone, ...]) -> None:
+    if tombstones and {e.name for e in entries} & {t.name for t in tombstones}:
+        raise FormatError("directory names a file and a tombstone alike; it is corrupt")
+
+
+def encode_directory(entries: Iterable[DirEntry], attrs: DirAttrs | None = None,
+                     tombstones: Iterable[Tombstone] = ()) -> bytes:
+    """Canonical CBOR plaintext of a directory (entries and tombstones sorted by UTF-8 name)."""
     entries = list(entries)
+    tombstones = list(tombstones)
     if not all(type(e) is DirEntry for e in entries):
         raise FormatError("directory entries must be DirEntry objects")
+    if not all(type(t) is Tombstone for t in tombstones):
+        raise FormatError("directory tombstones must be Tombstone objects")
     if attrs is not None and type(attrs) is not DirAttrs:
         raise FormatError("directory attributes must be a DirAttrs or None")
     ordered = _sorted_unique(entries)
-    return _cbor.dumps([DIR_FORMAT, _encode_attrs(attrs), [_encode_entry(e) for e in ordered]])
+    dead = _sorted_unique(tombstones, "tombstones")
+    _check_disjoint(ordered, dead)
+    return _cbor.dumps([DIR_FORMAT, _encode_attrs(attrs), [_encode_entry(e) for e in ordered],
+                        [_encode_tombstone(t) for t in dead]])
 
 
 def decode_directory(seq: int, body: bytes | memoryview) -> Directory:
-    """Parse directory plaintext strictly; FormatError on anything malformed."""
-    version, attrs, rows = _cbor.expect_list(_cbor.loads(body, "directory"), 3, "directory")
-    if type(version) is not int or version != DIR_FORMAT:
+    """Parse directory plaintext strictly (format 2, or format 1 from older plutos); FormatError on anything malformed."""
+    fields = _cbor.loads(body, "directory")
+    head = _cbor.expect_list(fields, None, "directory")
+    version = head[0] if head else None
+    if type(version) is not int or version not in (1, DIR_FORMAT):
         raise FormatError(f"directory format {version!r} is not known to this pluto; upgrade pluto")
+    if version == 1:
+        _, attrs, rows = _cbor.expect_list(head, 3, "directory")
+        dead_rows: list[Any] = []
+    else:
+        _, attrs, rows, dead_rows = _cbor.expect_list(head, 4, "directory")
+        dead_rows = _cbor.expect_list(dead_rows, None, "directory tombstone list")
     rows = _cbor.expect_list(rows, None, "directory entry list")
-    entries = [_decode_entry(row) for row in rows]
-    return Directory(seq, _decode_attrs(attrs), _sorted_unique(entries))
+    entries = _sorted_unique([_decode_entry(row, 11 if version == 1 else 12) for row in rows])
+    tombstones = _sorted_unique([_decode_tombstone(row) for row in dead_rows], "tombstones")
+    _check_disjoint(entries, tombstones)
+    return Directory(seq, _decode_attrs(attrs), entries, tombstones)
 
 
 def seal_directory(
-    write_cap: WriteCap, seq: int, entries: Iterable[DirEntry], attrs: DirAttrs | None = None
+    write_cap: WriteCap, seq: int, entries: Iterable[DirEntry], attrs: DirAttrs | None = None,
+    tombstones: Iterable[Tombstone] = (),
 ) -> SignedSlot:
     """Encode, pad, encrypt and sign a directory as version `seq` of its slot.
 
     `seq` must exceed the version peers hold (they refuse others); the
     volume engine owns that counter.
     """
-    return seal_into_slot(write_cap, seq, encode_directory(entries, attrs), _DIR_DOMAIN, "dir", "directory")
+    body = encode_directory(entries, attrs, tombstones)
+    return seal_into_slot(write_cap, seq, body, _DIR_DOMAIN, "dir", "directory")
 
 
 def open_directory(cap: ReadCap | WriteCap, slot: SignedSlot) -> Directory:

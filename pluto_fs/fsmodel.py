@@ -3,7 +3,7 @@
 Every change made through the mount is applied here at once (so the next
 system call sees it), recorded in the journal, and published later:
 directories as new slot versions, file data as chunks in packs. Publishing
-follows two rules that keep readers safe:
+follows two rules that keep readers safe (publish_plan.py has the details):
 
 - a directory version never names data that is not on the network yet: a
   file whose new bytes are still local is published with its previous
@@ -12,6 +12,12 @@ follows two rules that keep readers safe:
 - a directory's journal rows are marked clean only once the network holds
   exactly that state and none of its children is waiting, so a crash at any
   point leaves enough in the journal to resume.
+
+Several writers (other devices, followers with write access, two mounts)
+publish the same folders: a publish is a compare-and-swap on the folder's
+slot, and one that finds a newer version merges it into the tree entry by
+entry (folder_merge.py) and publishes the merge. Nothing another writer
+acknowledged is overwritten, and nothing of ours is dropped.
 
 The journal keeps one row per directory entry: a change writes the entry it
 touched, never the whole directory (that made a directory of n entries cost
@@ -26,27 +32,38 @@ import stat
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import cbor2
 import trio
 
-from cryptree.caps import ReadCap, WriteCap, parse_cap
+from cryptree import versions
+from cryptree.caps import ReadCap, WriteCap
 from cryptree.dirnode import (
     DirAttrs,
     DirEntry,
     DirLink,
     Directory,
     Symlink,
+    Tombstone,
     child_write_cap,
-    link_child,
     new_directory_cap,
 )
-from cryptree.filenode import FileContent, FileRef, InlineData, decode_content, encode_content
+from cryptree.filenode import FileRef, InlineData
 
 from .errors import ConflictError, PlutoError, QuotaExceeded
+from .folder_merge import merge_remote
 from .journal import Journal
+from .journal_rows import (
+    RestoredFile,
+    apply_own_attrs,
+    entry_row,
+    node_from_row,
+    own_attrs_row,
+    tombstone_key,
+    tombstone_row,
+)
+from .nodes import DirNode, FileNode, Node, SymlinkNode, mode_of, now_ns
+from .publish_plan import note_attempt, note_published, plan_publish
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -54,83 +71,10 @@ log = logging.getLogger(__name__)
 ROOT_INO = 1
 SHARED_NAME = "shared"
 PUBLISH_CONCURRENCY = 16  # directory slots published at once
+PUBLISH_MERGES = 5  # times one publish merges a newer version and tries again before giving up for the round
+REFRESH_AFTER = 5.0  # seconds a loaded folder is trusted before opening it reads it again from the network
 
-
-def now_ns() -> int:
-    """The current time in integer nanoseconds."""
-    return time.time_ns()
-
-
-@dataclass(eq=False)
-class Node:
-    """Common attributes of every inode."""
-
-    ino: int
-    name: str
-    parent: "DirNode | None"
-    mode: int
-    uid: int
-    gid: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    xattrs: dict[str, bytes] = field(default_factory=dict)
-    lookups: int = 0  # references the kernel holds (lookup replies minus forgets)
-
-    @property
-    def writable(self) -> bool:
-        """Whether this node's containing directory can be changed by us."""
-        return self.parent is None or isinstance(self.parent.cap, WriteCap)
-
-
-@dataclass(eq=False)
-class FileNode(Node):
-    """A regular file: published content, plus possibly a local full copy."""
-
-    content: FileContent | None = None  # what the network holds (None: nothing yet)
-    content_size: int = 0  # the size that goes with `content`
-    size: int = 0  # the current size (of the local copy when there is one)
-    cache_id: str | None = None  # local cache file with the file's full current bytes
-    dirty: bool = False  # the cache file holds bytes the network does not have yet
-    version: int = 0  # bumps on every data change (an upload of an older version is stale)
-    open_handles: int = 0
-    writers: int = 0
-    last_write: float = 0.0
-
-
-@dataclass(eq=False)
-class SymlinkNode(Node):
-    """A symbolic link."""
-
-    target: bytes = b""
-
-
-@dataclass(eq=False)
-class DirNode(Node):
-    """A directory: its capability and, once loaded, its children."""
-
-    cap: WriteCap | ReadCap | None = None
-    children: dict[str, Node] | None = None
-    seq: int = 0
-    new: bool = False  # never published
-    dirty: bool = False
-    version: int = 0
-    publish_lock: trio.Lock = field(default_factory=trio.Lock)
-    load_lock: trio.Lock = field(default_factory=trio.Lock)
-    # The journal generation in which this folder's entry rows were last known to mirror
-    # `children` (a rollback changes the generation): then one changed entry is all a change
-    # writes. None: the rows must be written whole first.
-    journal_gen: int | None = None
-    # (generation, folder row) last written with dirty=1, so an unchanged row is not written again.
-    journal_row: tuple[int, int, bool, bytes] | None = None
-    _cap_text: tuple[WriteCap | ReadCap, str] | None = None
-
-    def cap_text(self) -> str:
-        """The capability as a string, encoded once (base32 of a cap is not cheap)."""
-        assert self.cap is not None
-        if self._cap_text is None or self._cap_text[0] is not self.cap:
-            self._cap_text = (self.cap, self.cap.to_string())
-        return self._cap_text[1]
+__all__ = ["DirNode", "FileNode", "FsModel", "Node", "SymlinkNode", "mode_of", "now_ns"]
 
 
 class FsModel:
@@ -139,6 +83,8 @@ class FsModel:
     def __init__(self, volume: Volume, journal: Journal, cache_dir: Path, root_cap: WriteCap | ReadCap,
                  shares: Callable[[], dict[str, tuple[ReadCap, dict[bytes, WriteCap]]]] | None = None) -> None:
         self.volume = volume
+        # This device in entries' version vectors (a model built without a network, in tests, has none).
+        self.tag = volume.writer_tag if volume is not None else bytes(8)
         self.journal = journal
         self.cache_dir = cache_dir
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -163,6 +109,11 @@ class FsModel:
         self.shares = shares
         self.shared: DirNode | None = None  # the virtual `shared/` folder in the root
         self.allowance: tuple[int, int] | None = None  # storage exchange (allowed, used) raw bytes, if known
+        # Folders to read again from the network (opened after REFRESH_AFTER), and the kernel's
+        # entry cache to correct when a merge changed names (set by the FUSE layer).
+        self.refresh_wanted: dict[DirNode, None] = {}
+        self.refresh_event = trio.Event()
+        self.forget_names: Callable[[int, list[str]], None] = lambda ino, names: None
         self._drop_stale_cache()
 
     # ---- inodes ------------------------------------------------------------------
@@ -199,8 +150,10 @@ class FsModel:
                 seq, attrs, new = journaled
                 self._restore(d, seq, attrs, new, self.journal.entries(d.cap.writer))
             else:
-                directory = await self.volume.load_dir(d.cap, missing_ok=d is self.root)
+                directory, siblings = await self.volume.load_folder(d.cap, missing_ok=d is self.root)
                 self._build(d, directory)
+                if siblings and isinstance(d.cap, WriteCap):
+                    self.touch_dir(d, times=False)  # publish the merge so the siblings stop there
             if d is self.root:
                 self._add_shared_root()
             elif d.parent is self.shared:
@@ -288,68 +241,87 @@ class FsModel:
     def _build(self, d: DirNode, directory: Directory) -> None:
         d.seq = directory.seq
         if directory.attrs is not None:
-            a = directory.attrs
-            d.mode, d.uid, d.gid = a.mode, a.uid, a.gid
-            d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs = a.atime_ns, a.mtime_ns, a.ctime_ns, dict(a.xattrs)
+            self._set_own_attrs(d, directory.attrs)
         kids: dict[str, Node] = {}
         for e in directory.entries:
-            common = (self._ino(), e.name, d, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, dict(e.xattrs))
-            if isinstance(e.child, DirLink):
-                cap: WriteCap | ReadCap = e.child.cap
-                if isinstance(d.cap, WriteCap) and e.child.wrapped_writer is not None:
-                    cap = child_write_cap(d.cap, e)
-                node: Node = DirNode(*common, cap=cap)
-            elif isinstance(e.child, Symlink):
-                node = SymlinkNode(*common, target=e.child.target)
-            else:
-                node = FileNode(*common, content=e.child, content_size=e.size, size=e.size)
-            kids[e.name] = node
-            self.inodes[node.ino] = node
+            kids[e.name] = self.node_from_entry(d, e)
         d.children = kids
+        d.tombstones = {t.name: t for t in directory.tombstones}
+        d.refreshed = trio.current_time()
+
+    @staticmethod
+    def _set_own_attrs(d: DirNode, a: DirAttrs) -> None:
+        d.mode, d.uid, d.gid = a.mode, a.uid, a.gid
+        d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs = a.atime_ns, a.mtime_ns, a.ctime_ns, dict(a.xattrs)
+
+    def node_from_entry(self, d: DirNode, e: DirEntry) -> Node:
+        """A new inode for entry `e` of folder `d`, as the network has it."""
+        common = (self._ino(), e.name, d, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns, dict(e.xattrs))
+        if isinstance(e.child, DirLink):
+            cap: WriteCap | ReadCap = e.child.cap
+            if isinstance(d.cap, WriteCap) and e.child.wrapped_writer is not None:
+                cap = child_write_cap(d.cap, e)
+            node: Node = DirNode(*common, cap=cap)
+        elif isinstance(e.child, Symlink):
+            node = SymlinkNode(*common, target=e.child.target)
+        else:
+            node = FileNode(*common, content=e.child, content_size=e.size, size=e.size,
+                            content_mtime_ns=e.mtime_ns, held_vv=e.version)
+        node.vv, node.on_network = e.version, True
+        self.inodes[node.ino] = node
+        return node
+
+    def adopt_attrs(self, node: Node, e: DirEntry) -> None:
+        """The network's newer version of `node`'s entry holds the same thing: take its attributes and version."""
+        node.mode, node.uid, node.gid = e.mode, e.uid, e.gid
+        node.atime_ns, node.mtime_ns, node.ctime_ns, node.xattrs = e.atime_ns, e.mtime_ns, e.ctime_ns, dict(e.xattrs)
+        node.vv, node.changed, node.on_network = e.version, False, True
+        if isinstance(node, FileNode):
+            node.content_mtime_ns, node.held_vv = e.mtime_ns, e.version
+
+    def drop_child(self, d: DirNode, node: Node) -> None:
+        """Take `node` out of `d` because the network's newer version no longer has it there (no tombstone:
+        the network already says so). Open files keep reading it, as after a rename over it."""
+        assert d.children is not None
+        if d.children.get(node.name) is node:
+            del d.children[node.name]
+        node.parent = None
+        if isinstance(node, DirNode):
+            self.dirty_dirs.discard(node)
+        self.release_if_unused(node)
+
+    def virtual_names(self, d: DirNode) -> set[str]:
+        """Names in `d` that are the mount's own (the `shared/` folder in the root), never published."""
+        if d is self.root and self.shared is not None and d.children is not None \
+                and d.children.get(SHARED_NAME) is self.shared:
+            return {SHARED_NAME}
+        return set()
 
     # ---- journal encoding ------------------------------------------------------------
 
-    def _entry_row(self, n: Node) -> bytes:
-        """One entry as the journal keeps it (the layout of journal format 1's per-child rows)."""
-        head = [n.name, n.mode, n.uid, n.gid, n.atime_ns, n.mtime_ns, n.ctime_ns, n.xattrs]
-        if isinstance(n, DirNode):
-            return cbor2.dumps([1, *head, n.cap_text(), n.new])
-        if isinstance(n, SymlinkNode):
-            return cbor2.dumps([2, *head, n.target])
-        assert isinstance(n, FileNode)
-        content = encode_content(n.content) if n.content is not None else None
-        return cbor2.dumps([0, *head, content, n.content_size, n.size, n.cache_id if n.dirty else None])
-
-    @staticmethod
-    def _own_attrs(d: DirNode) -> bytes:
-        return cbor2.dumps([d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs])
-
     def _restore(self, d: DirNode, seq: int, attrs: bytes, new: bool, entries: list[bytes]) -> None:
         """Rebuild a directory from its journal rows (a crash left it unpublished)."""
-        own = cbor2.loads(attrs)
         d.seq, d.new = seq, new
-        d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns = own[:6]
-        d.xattrs = dict(own[6])
+        apply_own_attrs(d, attrs)
         kids: dict[str, Node] = {}
         for raw in entries:
-            row = cbor2.loads(raw)
-            kind, name, mode, uid, gid, at, mt, ct, xattrs = row[:9]
-            common = (self._ino(), name, d, mode, uid, gid, at, mt, ct, dict(xattrs))
-            if kind == 1:
-                node: Node = DirNode(*common, cap=parse_cap(row[9]), new=row[10])
-            elif kind == 2:
-                node = SymlinkNode(*common, target=row[9])
-            else:
-                content = decode_content(row[9]) if row[9] is not None else None
-                cache_id = row[12]
-                node = FileNode(*common, content=content, content_size=row[10], size=row[11])
+            item = node_from_row(raw, self._ino(), d)
+            if isinstance(item, Tombstone):
+                d.tombstones[item.name] = item
+                continue
+            if isinstance(item, RestoredFile):
+                node: Node = item.node
+                cache_id = item.cache_id
                 if cache_id is not None and cache_id in self._pending_files and self.cache_path(cache_id).exists():
-                    node.cache_id, node.dirty = cache_id, True
-                    node.size = self.cache_path(cache_id).stat().st_size
-                    self.dirty_files.add(node)
+                    file = item.node
+                    file.cache_id, file.dirty = cache_id, True
+                    file.size = self.cache_path(cache_id).stat().st_size
+                    self.dirty_files.add(file)
                     if self._pending_bound is not None:  # replayed lazily: pending from now on
-                        self._pending_bound += node.size
-            kids[name] = node
+                        self._pending_bound += file.size
+            else:
+                node = item
+            kids[node.name] = node
             self.inodes[node.ino] = node
         d.children = kids
         d.journal_gen = self.journal.generation  # restored from exactly these rows
@@ -361,10 +333,11 @@ class FsModel:
         """Record that directory `d` changed, schedule a publish.
 
         `entry` is a child whose entry changed (added or modified), `gone` a
-        name that left; the journal writes just those and the directory's own
-        row. The directory's children must be loaded. Without `record` the
-        change is published but not journaled (a crash may forget it: only
-        for changes worth no commit, such as a ctime).
+        name that left (its tombstone, if it leaves one, is journaled); the
+        journal writes just those and the directory's own row. The
+        directory's children must be loaded. Without `record` the change is
+        published but not journaled (a crash may forget it: only for changes
+        worth no commit, such as a ctime).
         """
         if not isinstance(d.cap, WriteCap):
             return  # read-only (a share, or shared/ itself): nothing of ours to publish
@@ -373,6 +346,9 @@ class FsModel:
         assert d.children is not None, "a directory is changed only once its entries are loaded"
         if times:
             d.mtime_ns = d.ctime_ns = now_ns()
+        if entry is not None and entry is not self.shared:
+            entry.changed = True  # its next publish carries a new version
+            entry.edits += 1
         d.version += 1
         d.dirty = True
         self.dirty_dirs.add(d)
@@ -384,23 +360,44 @@ class FsModel:
         with journal.transaction():
             if d.journal_gen != journal.generation:
                 # First change since loading: the rows must hold the whole directory from now on.
-                journal.replace_entries(writer, [(n.name, self._entry_row(n)) for n in d.children.values()
-                                                 if n is not self.shared])
-                d.journal_gen = journal.generation
+                self._write_all_rows(d)
             else:
                 if gone is not None:
                     there = d.children.get(gone)
                     if there is None:
-                        self.journal.drop_entry(writer, gone)
+                        journal.drop_entry(writer, gone)
                     elif there is not entry and there is not self.shared:
-                        self.journal.put_entry(writer, gone, self._entry_row(there))
+                        journal.put_entry(writer, gone, entry_row(there))
+                    if gone in d.tombstones:  # the network had it: remember the name as deleted
+                        self._journal_tombstone(d, gone)
                 if entry is not None and entry is not self.shared:
-                    journal.put_entry(writer, entry.name, self._entry_row(entry))
-            row = (journal.generation, d.seq, d.new, self._own_attrs(d))
-            if row != d.journal_row:  # a change of one entry leaves the folder's own row as it was
-                journal.put_folder(writer, d.cap_text(), d.seq, row[3], d.new)
-                d.journal_row = row
+                    journal.put_entry(writer, entry.name, entry_row(entry))
+            self._journal_folder_row(d)
         self.changed.set()
+
+    def _write_all_rows(self, d: DirNode) -> None:
+        """Journal every entry and tombstone of `d` (replacing whatever rows it had)."""
+        assert isinstance(d.cap, WriteCap) and d.children is not None
+        rows = [(n.name, entry_row(n)) for n in d.children.values() if n is not self.shared]
+        rows += [(tombstone_key(t.name), tombstone_row(t)) for t in d.tombstones.values()]
+        self.journal.replace_entries(d.cap.writer, rows)
+        d.journal_gen = self.journal.generation
+
+    def _journal_tombstone(self, d: DirNode, name: str) -> None:
+        """Journal whether `name` in `d` is remembered as deleted."""
+        assert isinstance(d.cap, WriteCap)
+        dead = d.tombstones.get(name)
+        if dead is None:
+            self.journal.drop_entry(d.cap.writer, tombstone_key(name))
+        else:
+            self.journal.put_entry(d.cap.writer, tombstone_key(name), tombstone_row(dead))
+
+    def _journal_folder_row(self, d: DirNode) -> None:
+        assert isinstance(d.cap, WriteCap)
+        row = (self.journal.generation, d.seq, d.new, own_attrs_row(d))
+        if row != d.journal_row:  # a change of one entry leaves the folder's own row as it was
+            self.journal.put_folder(d.cap.writer, d.cap_text(), d.seq, row[3], d.new)
+            d.journal_row = row
 
     def touch_meta(self, node: Node, record: bool = True) -> None:
         """Record a metadata change of `node` (kept in its parent's entry, or its own slot for dirs).
@@ -458,8 +455,23 @@ class FsModel:
         assert parent.children is not None
         parent.children[node.name] = node
         node.parent = parent
+        self._take_name(parent, node)
         self.inodes[node.ino] = node
         self.touch_dir(parent, entry=node)
+
+    @staticmethod
+    def _take_name(d: DirNode, node: Node) -> None:
+        """`node` is new at its name in `d`: its version descends from the name's tombstone, if any."""
+        dead = d.tombstones.get(node.name)
+        node.vv, node.on_network = (dead.version if dead is not None else ()), False
+        if isinstance(node, FileNode):
+            node.held_vv = None
+
+    def _leave_name(self, d: DirNode, node: Node) -> None:
+        """`node` leaves its name in `d`: if the network has it there, remember the name as deleted."""
+        if node.on_network:
+            d.tombstones[node.name] = Tombstone(node.name, now_ns(), versions.bumped(node.vv, self.tag))
+            node.on_network = False
 
     def detach(self, node: Node) -> None:
         """Take `node` out of its directory (unlink, rmdir, or replaced by a rename)."""
@@ -467,6 +479,7 @@ class FsModel:
         with self.journal.transaction():
             if parent is not None and parent.children is not None and parent.children.get(node.name) is node:
                 del parent.children[node.name]
+                self._leave_name(parent, node)
                 self.touch_dir(parent, gone=node.name)
             node.parent = None
             if isinstance(node, DirNode):
@@ -504,9 +517,11 @@ class FsModel:
         assert old_parent is not None and old_parent.children is not None and new_parent.children is not None
         old_name = node.name
         del old_parent.children[old_name]
+        self._leave_name(old_parent, node)
         node.name = new_name
         node.parent = new_parent
         new_parent.children[new_name] = node
+        self._take_name(new_parent, node)
         node.ctime_ns = now_ns()
         with self.journal.transaction():  # one commit: a crash never shows the node in both places or neither
             if new_parent is old_parent:
@@ -565,6 +580,9 @@ class FsModel:
         node.last_write = time.monotonic()
         node.mtime_ns = node.ctime_ns = now_ns()
         if not node.dirty:
+            # While the new bytes upload, the folder keeps publishing the file as the network last had
+            # it at this name: under that same version if nothing else changed since, else a new one.
+            node.held_vv = node.vv if node.on_network and not node.changed else None
             node.dirty = True
             self.dirty_files.add(node)
             if self._pending_bound is not None:  # all of a newly dirty file is pending again
@@ -624,6 +642,7 @@ class FsModel:
                 if node.version != version or node.cache_id != cache_id:
                     continue  # written again meanwhile: the next round uploads the newer bytes
                 node.content, node.content_size, node.size, node.dirty = content, size, size, False
+                node.content_mtime_ns = node.mtime_ns
                 self.dirty_files.discard(node)
                 if node.parent is not None:
                     # The new content is journaled in the same commit that drops the data row.
@@ -632,36 +651,13 @@ class FsModel:
 
     # ---- publishing ----------------------------------------------------------------------
 
-    def _entries(self, d: DirNode) -> tuple[list[DirEntry], bool]:
-        """Entries to publish for `d`, and whether anything had to be held back."""
-        assert isinstance(d.cap, WriteCap) and d.children is not None
-        entries: list[DirEntry] = []
-        held_back = False
-        for n in d.children.values():
-            if n is self.shared:
-                continue
-            common = dict(mode=n.mode, uid=n.uid, gid=n.gid, atime_ns=n.atime_ns, mtime_ns=n.mtime_ns,
-                          ctime_ns=n.ctime_ns, xattrs=n.xattrs)
-            if isinstance(n, DirNode):
-                if n.new:
-                    held_back = True
-                    continue
-                assert n.cap is not None
-                entries.append(DirEntry(n.name, link_child(d.cap, n.cap), size=0, **common))
-            elif isinstance(n, SymlinkNode):
-                entries.append(DirEntry(n.name, Symlink(n.target), size=len(n.target), **common))
-            else:
-                assert isinstance(n, FileNode)
-                if n.dirty:
-                    held_back = True
-                if n.content is None:
-                    held_back = True
-                    continue
-                entries.append(DirEntry(n.name, n.content, size=n.content_size, **common))
-        return entries, held_back
-
     async def publish(self, d: DirNode) -> None:
-        """Publish `d` (and first any never-published child directories) as a new slot version."""
+        """Publish `d` (and first any never-published child directories) as a new slot version.
+
+        A compare-and-swap on the folder's slot: if another writer published
+        a newer version meanwhile, it is merged into the tree entry by entry
+        (folder_merge.py) and the merge is published instead.
+        """
         if not isinstance(d.cap, WriteCap) or d.children is None:
             d.dirty = False
             self.dirty_dirs.discard(d)
@@ -670,33 +666,90 @@ class FsModel:
             for child in list(d.children.values()):
                 if isinstance(child, DirNode) and child.new:
                     await self.publish(child)
-            version = d.version
-            entries, held_back = self._entries(d)
-            attrs = DirAttrs(d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs)
-            for _attempt in range(3):
+            for _attempt in range(PUBLISH_MERGES):
+                version = d.version
+                plan = plan_publish(d, self.tag, self.virtual_names(d), now_ns())
+                attrs = DirAttrs(d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs)
                 try:
-                    published = await self.volume.save_dir(d.cap, entries, attrs, d.seq)
+                    await self.volume.save_dir(d.cap, plan.entries, attrs, d.seq, tombstones=plan.tombstones)
                     break
                 except ConflictError:
-                    # Another writer got there first: ours is the newer local state, so it wins.
-                    remote = await self.volume.slots.read(d.cap.writer)
-                    d.seq = max(d.seq, remote.seq if remote else 0)
+                    note_attempt(d, plan)
+                    remote, _ = await self.volume.load_folder(d.cap, missing_ok=d is self.root)
+                    self._merge(d, remote)
+                except BaseException:
+                    note_attempt(d, plan)
+                    raise
             else:
                 raise ConflictError("a folder keeps changing elsewhere; will retry")
-            d.seq = published.seq
+            note_attempt(d, plan)
+            d.seq += 1
+            d.refreshed = trio.current_time()
+            revived = note_published(d, plan)
             was_new = d.new
             d.new = False
             # `version` bumps on every change, so an unchanged version means the network now
             # holds exactly what the rows say: they may be marked clean.
-            clean = d.version == version and not held_back
+            clean = d.version == version and not plan.held_back
             if clean:
                 d.dirty = False
                 self.dirty_dirs.discard(d)
             with self.journal.transaction():
+                if d.journal_gen == self.journal.generation:  # the rows mirror the folder: keep them exact
+                    for sent in plan.sent:
+                        if sent.node.parent is d and d.children.get(sent.node.name) is sent.node:
+                            self.journal.put_entry(d.cap.writer, sent.node.name, entry_row(sent.node))
+                    for name in revived:
+                        self._journal_tombstone(d, name)
                 self.journal.folder_published(d.cap.writer, d.seq, clean)
                 d.journal_row = None  # the row's seq and dirty flag changed
                 if was_new and d.parent is not None:
                     self.touch_dir(d.parent, times=False, entry=d)  # the parent can now link it
+
+    def _merge(self, d: DirNode, remote: Directory) -> None:
+        """Fold the network's newer version of `d` into the tree and journal the result whole."""
+        result = merge_remote(self, d, remote)
+        d.refreshed = trio.current_time()
+        if result.conflicts:
+            log.warning("concurrent changes to the same names elsewhere: kept both, as %s", ", ".join(result.conflicts))
+        if result.names and d.ino:
+            self.forget_names(d.ino, result.names)
+        d.journal_gen = None  # rows changed everywhere: written whole at the next change
+        if isinstance(d.cap, WriteCap) and (d.dirty or result.ours_left):
+            self.touch_dir(d, times=False)
+
+    def busy_below(self, node: Node) -> bool:
+        """Whether anything inside folder `node` waits to be published (a merge must not drop it)."""
+        if not isinstance(node, DirNode):
+            return False
+        for pending in (*self.dirty_dirs, *self.dirty_files):
+            up: Node | None = pending
+            while up is not None:
+                if up is node:
+                    return True
+                up = up.parent
+        return False
+
+    async def refresh(self, d: DirNode, force: bool = False) -> None:
+        """Read `d` again from the network if it was read more than REFRESH_AFTER ago (always with `force`),
+        and merge what changed elsewhere (other devices, followers writing into a share)."""
+        if d.children is None or d.cap is None or d.new or d is self.shared:
+            return
+        if not force and trio.current_time() - d.refreshed < REFRESH_AFTER:
+            return
+        async with d.publish_lock:  # never in the middle of this folder's publish
+            remote, siblings = await self.volume.load_folder(d.cap, missing_ok=d is self.root)
+            d.refreshed = trio.current_time()
+            if remote.seq > d.seq or siblings:
+                self._merge(d, remote)
+                if siblings and isinstance(d.cap, WriteCap):
+                    self.touch_dir(d, times=False)  # publish the merge so the siblings stop there
+
+    def want_refresh(self, d: DirNode) -> None:
+        """Ask the background refresher to read `d` again (opening a folder does, after REFRESH_AFTER)."""
+        if d.children is not None and trio.current_time() - d.refreshed >= REFRESH_AFTER:
+            self.refresh_wanted[d] = None
+            self.refresh_event.set()
 
     async def sync_path(self, node: Node) -> None:
         """fsync: upload `node`'s data if needed, then publish every changed directory above it."""
@@ -747,12 +800,3 @@ class FsModel:
         files = [f for f in self.dirty_files if f.parent is not None]
         # Journaled folders not replayed yet hold changes too (replay_journal is on its way to them).
         return len(files), sum(f.size for f in files), len(self.dirty_dirs) + len(self._journal_dirs)
-
-
-def mode_of(node: Node) -> int:
-    """st_mode for a node."""
-    if isinstance(node, DirNode):
-        return stat.S_IFDIR | node.mode
-    if isinstance(node, SymlinkNode):
-        return stat.S_IFLNK | 0o777
-    return stat.S_IFREG | node.mode

@@ -37,6 +37,7 @@ XATTR_MAX_VALUE = 64 * 1024
 BLOCK = 4096
 ENTRY_TIMEOUT = 1.0  # seconds the kernel may trust a name lookup (found or not)
 ATTR_TIMEOUT = 1.0  # seconds the kernel may trust attributes
+RMDIR_REFRESH_TIMEOUT = 3.0  # seconds rmdir waits to learn whether another writer filled the folder
 
 
 def fuse_errors(fn: Callable[..., Awaitable[T]], bounded: bool = True, local: bool = False) -> Callable[..., Awaitable[T]]:
@@ -81,6 +82,13 @@ def fuse_errors(fn: Callable[..., Awaitable[T]], bounded: bool = True, local: bo
 local_op = functools.partial(fuse_errors, local=True)
 
 
+def _forget_names(parent_ino: int, names: list[str]) -> None:
+    """Tell the kernel that these names in a folder changed underneath it (a merge of another writer's
+    version), so it asks again rather than serving its cached entries."""
+    for name in names:
+        pyfuse3.invalidate_entry_async(parent_ino, name.encode(), ignore_enoent=True)
+
+
 def _name(raw: bytes) -> str:
     """A name from the kernel as text; pluto stores UTF-8 names only."""
     if len(raw) > MAX_NAME_BYTES:
@@ -109,6 +117,7 @@ class PlutoOperations(pyfuse3.Operations):
     def __init__(self, model: FsModel, op_timeout: float = 30.0, statfs_source: Callable | None = None) -> None:
         super().__init__()
         self.model = model
+        model.forget_names = _forget_names
         self.op_timeout = op_timeout
         self.statfs_source = statfs_source
         self._handles: dict[int, Handle] = {}
@@ -264,6 +273,7 @@ class PlutoOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         d = self._dir(inode)
         kids = await self.model.children(d)
+        self.model.want_refresh(d)  # changes made elsewhere show up at the next listing
         fh = self._fh()
         listing = [(b".", d), (b"..", d.parent or d)]
         listing += sorted(((n.name.encode(), n) for n in kids.values()), key=lambda x: x[0])
@@ -300,9 +310,21 @@ class PlutoOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if node is self.model.shared:
             raise pyfuse3.FUSEError(errno.EACCES)
+        await self._refresh_quietly(node)  # another writer may have put something in it meanwhile
         if await self.model.children(node):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        if node.parent is not d:
+            raise pyfuse3.FUSEError(errno.ENOENT)
         self.model.detach(node)
+
+    async def _refresh_quietly(self, d: DirNode) -> None:
+        """Read `d` again from the network before a decision that needs its latest state; offline, the local
+        view decides (bounded: the network being away must not make the call hang)."""
+        with trio.move_on_after(min(self.op_timeout, RMDIR_REFRESH_TIMEOUT)):
+            try:
+                await self.model.refresh(d, force=True)
+            except (PlutoError, CryptreeError, TransportError) as exc:
+                log.info("could not read a folder again before removing it (%s); going by the local view", exc)
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 
 import trio
 
@@ -39,47 +38,17 @@ from cryptree.errors import CryptreeError
 from cryptree.filenode import FileRef
 from cryptree.merkle import leaf_count
 from cryptree.packrecord import Locator, PackRecord, pack_write_cap, seal_pack_record
-from transport.coordinator_client import PeerRecord
 from transport.errors import RemoteError, RequestTimeout, TransportError
 
 from .errors import NotEnoughPeers, PlutoError
 from .packs import PackLayout, rebuild_fragments
+from .peer_states import PeerState, peer_state, peer_states  # noqa: F401 (re-exported: callers import them from here)
 from .tree import Tree
 from .volume import Volume
 
 log = logging.getLogger(__name__)
 
 CONTAINMENT_RETRIES = 2
-
-
-class PeerState(str, Enum):
-    """What a client makes of a storage peer when deciding on repair."""
-
-    HEALTHY = "healthy"  # heartbeating: its fragments are audited and read
-    OFFLINE = "offline"  # silent for less than the grace: its fragments still count, but are not asked for
-    LOST = "lost"  # silent longer, unknown to the coordinator, or disqualified: rebuild what it held
-
-
-def peer_state(record: PeerRecord | None, grace: float) -> PeerState:
-    """Classify one peer from the coordinator's record of it, with a repair grace of `grace` seconds.
-
-    A grace of 0 gives the rule without a grace period: anything not
-    heartbeating is lost.
-    """
-    if record is None or record.disqualified:
-        return PeerState.LOST
-    if record.alive:
-        return PeerState.HEALTHY
-    # No offline_for (an older coordinator) means "silent for an unknown time": treated as lost,
-    # which is the behaviour from before the grace period existed.
-    if record.offline_for is not None and record.offline_for < grace:
-        return PeerState.OFFLINE
-    return PeerState.LOST
-
-
-def peer_states(records: Mapping[bytes, PeerRecord], grace: float) -> dict[bytes, PeerState]:
-    """`peer_state` for every peer the coordinator listed."""
-    return {pid: peer_state(r, grace) for pid, r in records.items()}
 
 
 @dataclass
@@ -291,12 +260,9 @@ class Doctor:
         return rebuilt
 
     async def rewrite_slot(self, writer: bytes) -> bool:
-        """Re-store the newest version of a slot on the peers that should hold it now."""
-        slot = await self.volume.slots.read(writer)
-        if slot is None:
-            return False
-        await self.volume.slots.write(slot)
-        return True
+        """Re-store the newest version of a slot on the peers that should hold it now (a read does:
+        read repair); False if no replica holds it."""
+        return await self.volume.slots.repair(writer)
 
     async def collect_garbage(self, referenced: set[bytes], min_age: float = 0.0) -> int:
         """Delete the fragments of logged packs that nothing refers to; return packs collected."""

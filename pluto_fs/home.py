@@ -151,6 +151,18 @@ class Home:
         """This device's transport private key (created on first use)."""
         return bytes(load_or_create_key(self.path / "device.key"))
 
+    def writer_tag(self) -> bytes:
+        """This device's 8-byte tag in folder version vectors (cryptree/versions.py).
+
+        Derived from the device's private transport key, so it is stable for
+        the device, differs between devices restored from the same 24 words,
+        and cannot be linked to the device's public peer id by anyone reading
+        a folder.
+        """
+        import blake3
+
+        return blake3.blake3(self.device_key(), derive_key_context="pluto 2026 writer tag v1").digest(8)
+
     def device_id(self) -> str:
         """This device's peer id (what `pluto serve --owner` takes)."""
         from nacl.public import PrivateKey

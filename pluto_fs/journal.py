@@ -44,7 +44,7 @@ import cbor2
 
 from .errors import HomeError
 
-FORMAT = 2  # PRAGMA user_version of the current layout; format 1 had user_version 0
+FORMAT = 3  # PRAGMA user_version of the current layout; format 1 had user_version 0, 2 rows without versions
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS folders (writer BLOB PRIMARY KEY, cap TEXT NOT NULL, seq INTEGER NOT NULL,

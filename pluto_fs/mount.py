@@ -153,6 +153,20 @@ async def _health_loop(model: FsModel, volume: Volume, interval: float, margin: 
             state.update(running=False, progress="")
 
 
+async def _refresh_loop(model: FsModel) -> None:
+    """Read folders that were opened again from the network and merge what changed elsewhere."""
+    while True:
+        await model.refresh_event.wait()
+        model.refresh_event = trio.Event()
+        while model.refresh_wanted:
+            d = next(iter(model.refresh_wanted))
+            del model.refresh_wanted[d]
+            try:
+                await model.refresh(d)
+            except (PlutoError, TransportError, OSError) as exc:
+                log.info("reading a folder again failed (the local view stays): %s", exc)
+
+
 async def _share_poll(model: FsModel, interval: float) -> None:
     """Owners' changes to what they share appear within `interval` seconds."""
     while True:
@@ -201,6 +215,7 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_write_back, model)
                     nursery.start_soon(_replay_journal, model)
+                    nursery.start_soon(_refresh_loop, model)
                     health: dict = {}
                     nursery.start_soon(_status_loop, home, model, volume, opts.mountpoint, health)
                     nursery.start_soon(_allowance_loop, model, volume)

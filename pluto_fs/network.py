@@ -13,6 +13,7 @@ from transport.pool import PeerPool
 from transport.storage_client import StoragePeerClient
 
 from .errors import NotEnoughPeers
+from .peer_states import PeerState, peer_state
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,14 @@ class Network:
                     self._fetched_at = trio.current_time()
             return self._peers
 
-    async def usable_peer_ids(self) -> list[bytes]:
-        """Peers that are alive and eligible for placement."""
-        return [pid for pid, r in (await self.peers()).items() if r.alive]
+    async def members(self, grace: float) -> list[bytes]:
+        """Peers that belong to the network: alive, or offline for less than `grace` seconds.
+
+        Where mutable slots live is ranked over these, never over who happens
+        to answer right now: a reboot or a freeze must not move a folder's
+        replica set (see SlotReplicas).
+        """
+        return [pid for pid, r in (await self.peers()).items() if peer_state(r, grace) is not PeerState.LOST]
 
     def listed_offline(self) -> set[bytes]:
         """Peers the last fetched peer list shows as not alive (no network call)."""

@@ -288,8 +288,11 @@ async def rotate_folder(volume: Volume, parent: WriteCap, name: str) -> WriteCap
     if entry is None or not isinstance(entry.child, DirLink):
         raise NotFound(f"no folder {name!r} there")
     new_cap = await _reseal(volume, child_write_cap(parent, entry))
-    entries[name] = replace(entry, child=link_child(parent, new_cap))
-    await volume.save_dir(parent, list(entries.values()), parent_dir.attrs, parent_dir.seq)
+
+    def relink(current: dict[str, DirEntry]) -> None:
+        current[name] = replace(current.get(name, entry), child=link_child(parent, new_cap))
+
+    await volume.update_dir(parent, relink, base=parent_dir)
     return new_cap
 
 

@@ -107,6 +107,7 @@ class Tree:
         self, local: Path, cap: WriteCap, existing: Directory, progress: Progress | None, mark: int
     ) -> int:
         entries = existing.by_name()
+        mine: dict[str, DirEntry] = {}  # what this upload puts in the folder, by name
         count = 0
         with os.scandir(local) as it:
             items = sorted(it, key=lambda e: e.name)
@@ -123,7 +124,7 @@ class Tree:
             old = entries.get(name)
             if stat.S_ISLNK(st.st_mode):
                 target = os.readlink(os.fsencode(item.path))
-                entries[name] = DirEntry(name, Symlink(target), size=len(target), **common)
+                mine[name] = DirEntry(name, Symlink(target), size=len(target), **common)
             elif stat.S_ISDIR(st.st_mode):
                 if old is not None and old.kind == "dir":
                     child = self._child_cap(cap, old)
@@ -133,14 +134,14 @@ class Tree:
                 else:
                     child, child_dir = new_directory_cap(), Directory(0, None, ())
                 count += await self._upload_dir(Path(item.path), child, child_dir, progress, mark)
-                entries[name] = DirEntry(name, link_child(cap, child), size=0, **common)
+                mine[name] = DirEntry(name, link_child(cap, child), size=0, **common)
             elif stat.S_ISREG(st.st_mode):
                 data = Path(item.path).read_bytes()
                 previous = None
                 if old is not None and isinstance(old.child, FileRef):
                     previous = await self.volume.manifest(old.child, old.size)
                 content = await self.volume.store(data, previous)
-                entries[name] = DirEntry(name, content, size=len(data), **common)
+                mine[name] = DirEntry(name, content, size=len(data), **common)
                 count += 1
                 if progress:
                     progress(item.path, len(data))
@@ -148,7 +149,12 @@ class Tree:
                 log.warning("skipping %s: only files, folders and symlinks are stored", item.path)
         st = local.stat()
         attrs = DirAttrs(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
-        await self.volume.save_dir(cap, list(entries.values()), attrs, existing.seq, since=mark)
+
+        def change(current: dict[str, DirEntry]) -> DirAttrs:
+            current.update(mine)
+            return attrs
+
+        await self.volume.update_dir(cap, change, since=mark, base=existing)
         return count
 
     # ---- copying out -----------------------------------------------------------

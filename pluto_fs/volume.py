@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ import trio
 
 from cryptree.caps import ReadCap, WriteCap
 from cryptree.chunks import ChunkerParams, StreamChunker, chunk_id, iter_chunks, seal_chunk
-from cryptree.dirnode import DirAttrs, DirEntry, Directory, open_directory, seal_directory
+from cryptree.dirmerge import merge_all, merge_directories, versioned_update
+from cryptree.dirnode import DirAttrs, DirEntry, Directory, Tombstone, open_directory, seal_directory
 from cryptree.errors import CryptreeError
 from cryptree.filenode import (
     INLINE_MAX,
@@ -42,7 +44,7 @@ from cryptree.identity import UserKeys
 from cryptree.packrecord import NONCE_SIZE, Locator, pack_write_cap
 from transport.pool import open_pool
 
-from .errors import NotEnoughPeers, PlutoError
+from .errors import ConflictError, NotEnoughPeers, PlutoError
 from .fetch_cache import FetchCache
 from .home import Home
 from .manifest_index import ManifestIndex
@@ -60,6 +62,7 @@ READ_PIECE = 8 << 20  # bytes read from a local file per step when storing it
 READ_AHEAD_BYTES = 6 << 20  # fetched ahead of a sequential reader
 READ_AHEAD_TASKS = 4  # chunks fetched ahead at once
 READ_AHEAD_FILES = 64  # files whose last read position is remembered
+UPDATE_MERGES = 8  # times a read-modify-write of a folder merges a concurrent change and tries again
 
 
 class DamagedError(PlutoError):
@@ -75,6 +78,7 @@ class Volume:
     slots: SlotReplicas
     packs: PackStore
     _nursery: trio.Nursery
+    writer_tag: bytes = b"\0" * 8  # this device's tag in folder entries' version vectors (Home.writer_tag)
     chunker: ChunkerParams = field(default_factory=ChunkerParams)
     pack_size: int = DEFAULT_PACK_SIZE
     _known: dict[bytes, ChunkRef] = field(default_factory=dict)  # chunk id -> placed (or in-flight) ref
@@ -328,17 +332,33 @@ class Volume:
 
     # ---- directories ------------------------------------------------------------
 
-    async def load_dir(self, cap: ReadCap | WriteCap, missing_ok: bool = False) -> Directory:
-        """A directory's verified entries; an absent slot is an empty directory only if `missing_ok`."""
-        slot = await self.slots.read(cap.writer)
-        if slot is None:
+    async def load_folder(self, cap: ReadCap | WriteCap, missing_ok: bool = False) -> tuple[Directory, bool]:
+        """A directory's verified entries, and whether several versions had to be merged to get them.
+
+        Sibling versions (an interrupted write left one beside another) are
+        merged entry by entry (cryptree/dirmerge.py), the same way on every
+        device; a writer that finds them should publish the merge. An absent
+        slot is an empty directory only if `missing_ok`.
+        """
+        slots = await self.slots.read_versions(cap.writer)
+        if not slots:
             if missing_ok:
-                return Directory(0, None, ())
+                return Directory(0, None, ()), False
             raise NotEnoughPeers("a folder's data is missing on every peer asked; it may be lost")
-        try:
-            return open_directory(cap, slot)
-        except CryptreeError as exc:
-            raise DamagedError(f"a folder failed verification on the newest copy found ({exc})") from exc
+        opened: list[Directory] = []
+        problem: CryptreeError | None = None
+        for slot in slots:
+            try:
+                opened.append(open_directory(cap, slot))
+            except CryptreeError as exc:
+                problem = exc
+        if not opened:
+            raise DamagedError(f"a folder failed verification on the newest copy found ({problem})")
+        return merge_all(opened), len(opened) > 1
+
+    async def load_dir(self, cap: ReadCap | WriteCap, missing_ok: bool = False) -> Directory:
+        """A directory's verified entries (siblings merged); an absent slot is an empty directory only if `missing_ok`."""
+        return (await self.load_folder(cap, missing_ok))[0]
 
     async def save_dir(
         self,
@@ -347,25 +367,43 @@ class Volume:
         attrs: DirAttrs | None,
         prev_seq: int,
         since: int | None = None,
+        tombstones: list[Tombstone] | tuple[Tombstone, ...] = (),
     ) -> Directory:
-        """Publish a new version of a directory, after everything it points to is stored.
+        """Publish version `prev_seq + 1` of a directory, after everything it points to is stored.
 
-        `since` is the `upload_mark` taken before the entries' files were
-        stored (see `flush`).
+        Compare-and-swap: ConflictError if a replica already holds another
+        version that new (merge with it and try again); NotEnoughPeers if a
+        majority of the replicas did not store it. `since` is the
+        `upload_mark` taken before the entries' files were stored (see `flush`).
         """
         await self.flush(since)
-        slot = seal_directory(cap, prev_seq + 1, entries, attrs)
+        slot = seal_directory(cap, prev_seq + 1, entries, attrs, tombstones)
         await self.slots.write(slot)
-        return Directory(slot.seq, attrs, tuple(sorted(entries, key=lambda e: e.name)))
+        return Directory(slot.seq, attrs, tuple(sorted(entries, key=lambda e: e.name.encode())),
+                         tuple(sorted(tombstones, key=lambda t: t.name.encode())))
 
     async def update_dir(
-        self, cap: WriteCap, change: Callable[[dict[str, DirEntry]], DirAttrs | None], missing_ok: bool = False
+        self, cap: WriteCap, change: Callable[[dict[str, DirEntry]], DirAttrs | None], missing_ok: bool = False,
+        since: int | None = None, base: Directory | None = None,
     ) -> Directory:
-        """Read-modify-write a directory: `change` edits the name→entry map in place."""
-        current = await self.load_dir(cap, missing_ok=missing_ok)
+        """Read-modify-write a directory: `change` edits the name→entry map in place (and may return new attrs).
+
+        The changed entries get versions that carry this device's change; if
+        another writer published meanwhile, the two versions are merged entry
+        by entry (nothing of theirs is dropped) and the merge is published.
+        `base` is the version just read, when the caller has it (saves a read).
+        """
+        current = base if base is not None else await self.load_dir(cap, missing_ok=missing_ok)
         entries = current.by_name()
-        attrs = change(entries)
-        return await self.save_dir(cap, list(entries.values()), attrs or current.attrs, current.seq)
+        attrs = change(entries) or current.attrs
+        ours = versioned_update(current, entries, self.writer_tag, time.time_ns(), attrs)
+        for attempt in range(UPDATE_MERGES):
+            try:
+                return await self.save_dir(cap, ours.entries, ours.attrs, ours.seq, since, ours.tombstones)
+            except ConflictError:
+                await trio.sleep(0.05 * attempt)
+                ours = merge_directories(ours, await self.load_dir(cap, missing_ok=missing_ok))
+        raise ConflictError("this folder keeps changing elsewhere; try again in a moment")
 
 
 @asynccontextmanager
@@ -379,11 +417,11 @@ async def open_volume(home: Home, coordinator: str | None = None) -> AsyncIterat
     keys = home.keys()
     async with open_pool(home.device_key()) as pool:
         net = Network(pool, coordinator or config.coordinator, timeout=config.request_timeout)
-        slots = SlotReplicas(net, config.slot_replicas)
+        slots = SlotReplicas(net, config.slot_replicas, config.repair_grace)
         packs = PackStore(net, slots, keys.pack_key, config.k, config.n, config.happy, log=PackLog(home.path / "packs.sqlite"))
         error: Exception | None = None
         async with trio.open_nursery() as nursery:
-            volume = Volume(keys, net, slots, packs, nursery)
+            volume = Volume(keys, net, slots, packs, nursery, writer_tag=home.writer_tag())
             try:
                 yield volume
                 await volume.flush()

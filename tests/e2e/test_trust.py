@@ -206,7 +206,9 @@ def test_the_mount_repairs_in_the_background_and_shows_it_in_status(tmp_path: Pa
 
     vol = start_mounted_volume(tmp_path / "m", peers=7)
     try:
-        vol.reconfigure(audit_interval=1.0)
+        # Folders live on a fixed replica set and need a majority of it (docs/DATA_PATH.md, "Mutable
+        # slots"): surviving three peers gone at once takes seven replicas, as packs take repair.
+        vol.reconfigure(audit_interval=1.0, slot_replicas=7)
         data = os.urandom(5 << 20)
         with open(vol.path / "precious.bin", "wb") as f:
             f.write(data)
