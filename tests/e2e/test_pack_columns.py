@@ -21,8 +21,10 @@ import trio
 
 from cryptree.caps import ReadCap
 from cryptree.merkle import merkle_root
+from pluto_fs.health import PackHealth, repair_plan
 from pluto_fs.home import Home
 from pluto_fs.localgrid import LocalGrid, _child_env
+from pluto_fs.packs import PackLayout, SegmentLayout
 from pluto_fs.testing import start_mounted_volume
 from pluto_fs.volume import open_volume
 from transport.peer_id import parse_peer_id
@@ -167,6 +169,24 @@ def test_with_four_peers_up_a_pack_names_four_distinct_peers_and_the_fifth_colum
         assert (vol.path / "four.bin").read_bytes() == data
     finally:
         vol.close()
+
+
+def _health(k: int, n: int, states: str) -> PackHealth:
+    """A pack whose column c is healthy ('h'), offline ('o'), lost ('l') or missing ('m': no peer holds it)."""
+    layout = PackLayout(bytes(32), 100, k, n, 100, (SegmentLayout(100, tuple(bytes([c]) * 32 for c in range(n))),))
+    peers = tuple(None if s == "m" else bytes([c]) * 32 for c, s in enumerate(states))
+    return PackHealth(None, bytes(16), 1, layout, peers, [s == "h" for s in states], [s == "o" for s in states],
+                      [s == "m" for s in states])
+
+
+def test_a_missing_column_is_rebuilt_whatever_the_grace_and_the_threshold() -> None:
+    # 3-of-5 with the background threshold k + 2 = 5, and 8-of-16 repairing below 12
+    assert repair_plan(_health(3, 5, "hhhhm"), 5) == [4]
+    assert repair_plan(_health(3, 5, "hhhom"), 5) == [3, 4]  # 3 reachable < k + 1: everything not healthy
+    assert repair_plan(_health(3, 6, "hhhhom"), 5) == [5]  # the offline column waits for its peer; the missing one cannot
+    assert repair_plan(_health(3, 5, "hhhmm"), 5) == [3, 4]
+    assert repair_plan(_health(8, 16, "h" * 14 + "om"), 12) == [15]  # 15 durable, above 12: still placed
+    assert repair_plan(_health(8, 16, "h" * 14 + "oo"), 12) == []
 
 
 # ---- repair: the peer that lost a column, distinct peers, honest results -------------
