@@ -187,9 +187,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         if report.packs_waiting:
             print(f"{report.packs_waiting} packs have fragments on peers offline for less than the repair grace "
                   f"({grace / 3600:g} h): not repaired yet (`pluto check --repair --now` repairs them at once)")
-        if report.packs_short:
-            print(f"{report.packs_short} packs have a fragment column no peer holds: "
-                  + ("rebuilt below" if args.repair else "`pluto check --repair` (or the mount) places it"))
+        if report.packs_short and not args.repair:
+            print(f"{report.packs_short} packs have a fragment column no peer holds: `pluto check --repair` "
+                  "places it (a running mount does so by itself)")
         if args.repair:
             print(f"repaired {report.packs_repaired} packs ({report.fragments_rebuilt} fragments rebuilt), "
                   f"{report.slots_rewritten} slots re-replicated")
