@@ -124,7 +124,7 @@ async def _choose_peers(volume: Volume, peers: tuple[bytes | None, ...], columns
     """A distinct peer for as many of `columns` as possible: spares first, then each column's own former peer."""
     placed = {p for c, p in enumerate(peers) if c not in columns and p is not None}
     former = {c: peers[c] for c in columns if peers[c] is not None}
-    records = await volume.net.peers(refresh=True)
+    records = await volume.net.peers()  # the audit just refreshed it; a few seconds old at most
 
     def usable(peer: bytes) -> bool:
         record = records.get(peer)
@@ -133,7 +133,7 @@ async def _choose_peers(volume: Volume, peers: tuple[bytes | None, ...], columns
     takes_back = {c for c, p in former.items() if usable(p)}
     # Columns that have no former peer to fall back on get the spares first.
     ordered = sorted(columns, key=lambda c: c in takes_back)
-    exclude = placed | {p for p in former.values() if p is not None}
+    exclude = placed | set(former.values())
     spares = await volume.net.find_peers(len(columns), exclude=list(exclude))
     assign = {col: spare.id for col, spare in zip(ordered, spares)}
     for col in takes_back - set(assign):
