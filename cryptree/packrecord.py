@@ -6,6 +6,18 @@ which peer holds each fragment column. The record is a signed mutable slot of
 its own, so repair can move fragments and re-sign the record without touching
 any file manifest that points into the pack.
 
+Record body (CBOR, sealed and signed; docs/DATA_PATH.md):
+
+    v1: [1, layout, [peer id (bstr 32) × n]]
+    v2: [2, layout, [peer id (bstr 32) or null × n]]
+
+A null marks a fragment column that no peer acknowledged (the upload
+stopped at `happy`, or every candidate failed): the column is not stored
+anywhere and must be placed. v2 also forbids naming one peer for two
+columns. Writers use v1 when every column has a peer, so readers that only
+know v1 keep reading complete packs; v1 records that name one peer twice
+(written by older clients) still open.
+
 A chunk's locator names the pack record (its slot key and read key) and the
 chunk's byte range in the pack. Readers of a shared file get exactly that:
 they can read the record, not rewrite it. The owner re-derives the record's
@@ -28,7 +40,8 @@ from cryptree.slot import SignedSlot
 LOCATOR_VERSION = 1
 NONCE_SIZE = 16
 _RECORD_DOMAIN = b"pluto/pack-record/v1"
-_RECORD_VERSION = 1
+_RECORD_V1 = 1  # every column names a peer
+_RECORD_V2 = 2  # a column may be null (no peer acknowledged it); peers distinct
 _WRITER_LABEL = b"pluto/v1/pack-writer/"
 _READ_LABEL = b"pluto/v1/pack-read"
 MAX_PEERS_PER_PACK = 256
@@ -70,10 +83,14 @@ class Locator:
 
 @dataclass(frozen=True)
 class PackRecord:
-    """A pack's layout (as PackLayout.to_dict()) and the peer holding each fragment column."""
+    """A pack's layout (as PackLayout.to_dict()) and the peer holding each fragment column.
+
+    `peers[i]` holds fragment i of every segment, or is None when no peer
+    acknowledged column i: that column is stored nowhere yet.
+    """
 
     layout: dict[str, Any]
-    peers: tuple[bytes, ...]  # peers[i] holds fragment i of every segment
+    peers: tuple[bytes | None, ...]
 
     def __post_init__(self) -> None:
         if not isinstance(self.layout, dict):
@@ -81,12 +98,30 @@ class PackRecord:
         if type(self.peers) is not tuple or not 1 <= len(self.peers) <= MAX_PEERS_PER_PACK:
             raise FormatError("pack record must name 1 to 256 peers")
         for peer in self.peers:
-            _cbor.expect_bytes(peer, "pack record peer id", size=32)
+            if peer is not None:
+                _cbor.expect_bytes(peer, "pack record peer id", size=32)
+
+    @property
+    def missing(self) -> list[int]:
+        """Columns no peer acknowledged."""
+        return [i for i, peer in enumerate(self.peers) if peer is None]
+
+
+def _check_distinct(peers: tuple[bytes | None, ...]) -> None:
+    named = [p for p in peers if p is not None]
+    if len(set(named)) != len(named):
+        raise FormatError("a pack record names one peer for two fragment columns; it is corrupt")
 
 
 def seal_pack_record(cap: WriteCap, seq: int, record: PackRecord) -> SignedSlot:
-    """Seal and sign version `seq` of a pack record."""
-    body = _cbor.dumps([_RECORD_VERSION, record.layout, list(record.peers)])
+    """Seal and sign version `seq` of a pack record (v1 if every column has a peer, else v2).
+
+    Refuses (FormatError) a record that names one peer for two columns: one
+    machine's loss must never cost a pack two fragments.
+    """
+    _check_distinct(record.peers)
+    version = _RECORD_V2 if None in record.peers else _RECORD_V1
+    body = _cbor.dumps([version, record.layout, list(record.peers)])
     return seal_into_slot(cap, seq, body, _RECORD_DOMAIN, "file", "pack record")
 
 
@@ -94,8 +129,13 @@ def open_pack_record(cap: ReadCap | WriteCap, slot: SignedSlot) -> tuple[int, Pa
     """Verify and decrypt a pack record slot: (seq, record)."""
     body = open_from_slot(cap, slot, _RECORD_DOMAIN, "file", "pack record")
     version, layout, peers = _cbor.expect_list(_cbor.loads(body, "pack record"), 3, "pack record")
-    if type(version) is not int or version != _RECORD_VERSION:
+    if type(version) is not int or version not in (_RECORD_V1, _RECORD_V2):
         raise FormatError(f"pack record format {version!r} is not known to this pluto; upgrade pluto")
     if not isinstance(peers, list):
         raise FormatError("pack record peers must be a list")
-    return slot.seq, PackRecord(layout, tuple(peers))
+    if version == _RECORD_V1 and None in peers:
+        raise FormatError("a version 1 pack record cannot leave a column without a peer; it is corrupt")
+    record = PackRecord(layout, tuple(peers))
+    if version == _RECORD_V2:
+        _check_distinct(record.peers)
+    return slot.seq, record

@@ -172,6 +172,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "uploaded_bytes": info.get("uploaded_bytes", 0) if mount_alive else 0,
         # peers the mount saw fail or fall silent in the last minute: its reads ask them last
         "slow_peers": info.get("slow_peers", []) if mount_alive else [],
+        # packs stored with a fragment column no peer acknowledged: the mount is placing it
+        "packs_short": info.get("packs_short", 0) if mount_alive else 0,
         "health": info.get("health", {}) if mount_alive else {},
         "peers_total": len(records),
         "peers_alive": len(alive),
@@ -215,6 +217,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         sent = status["uploaded_bytes"]
         print(f"uploading: {status['pending_files']} files ({format_size(pend)}), "
               f"{status['pending_folders']} folders waiting  {_bar(sent, sent + pend)}")
+        if status["packs_short"]:
+            print(f"{status['packs_short']} packs are missing a fragment column; placing it as soon as a peer is free")
         h = status["health"]
         if h.get("running"):
             print(f"repair: {h.get('progress', '')}")

@@ -187,15 +187,24 @@ def cmd_check(args: argparse.Namespace) -> int:
         if report.packs_waiting:
             print(f"{report.packs_waiting} packs have fragments on peers offline for less than the repair grace "
                   f"({grace / 3600:g} h): not repaired yet (`pluto check --repair --now` repairs them at once)")
+        if report.packs_short and not args.repair:
+            print(f"{report.packs_short} packs have a fragment column no peer holds: `pluto check --repair` "
+                  "places it (a running mount does so by itself)")
         if args.repair:
             print(f"repaired {report.packs_repaired} packs ({report.fragments_rebuilt} fragments rebuilt), "
                   f"{report.slots_rewritten} slots re-replicated")
+            if report.not_fixed:
+                print(f"NOT fixed: {len(report.not_fixed)} packs still miss a fragment column:")
+            for entry in report.not_fixed:  # every one: a person has to see each pack at risk
+                columns = ", ".join(str(c) for c in entry["columns"])
+                print(f"  pack {entry['pack'][:16]} ({entry['file'] or 'no file found'}): "
+                      f"column{'s' if len(entry['columns']) > 1 else ''} {columns} not placed: {entry['reason']}")
         if args.gc:
             print(f"garbage collected {report.packs_collected} unreferenced packs")
         for problem in report.problems[:10]:
             print(f"problem: {problem}")
     healthy = report.packs_unreadable == 0 and (args.repair or report.packs_degraded == 0)
-    return 0 if healthy and not report.problems else 1
+    return 0 if healthy and not report.problems and not report.not_fixed else 1
 
 
 def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: str) -> None:

@@ -57,8 +57,10 @@ class FetchOrder:
         """Every peer with trouble within the last `trouble_ttl` seconds (for `pluto status`)."""
         return [peer for peer in list(self._trouble) if self.in_trouble(peer)]
 
-    def order(self, peers: tuple[bytes, ...], columns: Iterable[int], offline: Collection[bytes] = ()) -> list[int]:
-        """`columns` sorted: untroubled peers, then troubled ones, then those listed offline."""
+    def order(self, peers: tuple[bytes | None, ...], columns: Iterable[int],
+              offline: Collection[bytes] = ()) -> list[int]:
+        """`columns` (each with a peer, not None) sorted: untroubled peers, then troubled ones,
+        then those listed offline."""
 
         def rank(col: int) -> int:
             peer = peers[col]

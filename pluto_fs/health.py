@@ -16,9 +16,12 @@
   than the threshold (k + repair_margin in the background, n for `pluto
   check --repair`) remain. A pack with fewer than k + 1 fragments reachable
   right now is repaired whatever the grace, offline columns included: one
-  more absence would make it unreadable. The pack record is re-signed with
-  the new placement; slots (folders, pack records) are re-written to the
-  peers that now rank highest for them.
+  more absence would make it unreadable. A column no peer holds (None in
+  the record, or a peer already named for an earlier column) is missing:
+  always rebuilt. Placement and the rebuild itself are in repair.py; a pack
+  counts as repaired only when every planned column was placed, and
+  `CheckReport.not_fixed` lists the others. Slots (folders, pack records)
+  are re-written to the peers that now rank highest for them.
 - GC: packs this user uploaded that no file refers to any more have their
   fragments deleted (the peers give the space back).
 """
@@ -37,12 +40,13 @@ from cryptree.dirnode import DirLink
 from cryptree.errors import CryptreeError
 from cryptree.filenode import FileRef
 from cryptree.merkle import leaf_count
-from cryptree.packrecord import Locator, PackRecord, pack_write_cap, seal_pack_record
-from transport.errors import RemoteError, RequestTimeout, TransportError
+from cryptree.packrecord import Locator
+from transport.errors import RequestTimeout, TransportError
 
 from .errors import NotEnoughPeers, PlutoError
-from .packs import PackLayout, rebuild_fragments
+from .packs import PackLayout
 from .peer_states import PeerState, peer_state, peer_states  # noqa: F401 (re-exported: callers import them from here)
+from .repair import RepairResult, repair_pack
 from .tree import Tree
 from .volume import Volume
 
@@ -59,13 +63,18 @@ class PackHealth:
     nonce: bytes
     seq: int
     layout: PackLayout
-    peers: tuple[bytes, ...]
+    peers: tuple[bytes | None, ...]
     healthy: list[bool]  # the peer is up and proved it holds the column's fragments
     offline: list[bool] = field(default_factory=list)  # the peer is within the grace: not asked, expected back
+    # No peer holds the column: None in the record (no peer acknowledged it), or a peer already
+    # named for an earlier column (older clients did that). Neither healthy nor offline.
+    missing: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.offline:
             self.offline = [False] * len(self.healthy)
+        if not self.missing:
+            self.missing = [False] * len(self.healthy)
 
     @property
     def healthy_count(self) -> int:
@@ -91,14 +100,16 @@ def repair_plan(health: PackHealth, below: int) -> list[int]:
       unreadable, and the peers counted on to come back may never do so.
     - Else fewer than `below` fragments durable (healthy or offline): the
       lost columns only; offline ones are expected back within the grace.
-    - Else nothing: the pack waits (an offline peer that returns costs no traffic).
+    - Else the missing columns only (no peer holds them, so no grace can
+      bring them back); if there are none the pack waits (an offline peer
+      that returns costs no traffic).
     """
     n, k = health.layout.n, health.layout.k
     if health.healthy_count < k + 1:
         return [c for c in range(n) if not health.healthy[c]]
     if health.durable_count < below:
         return [c for c in range(n) if not health.healthy[c] and not health.offline[c]]
-    return []
+    return [c for c in range(n) if health.missing[c]]
 
 
 @dataclass
@@ -114,11 +125,15 @@ class CheckReport:
     packs_degraded: int = 0  # fewer than n fragments healthy right now (offline ones included)
     packs_waiting: int = 0  # degraded partly by offline peers whose fragments the grace keeps from repair
     packs_unreadable: int = 0
-    packs_repaired: int = 0
+    packs_short: int = 0  # with a column no peer holds (never placed): rebuilt whatever the grace
+    packs_repaired: int = 0  # every planned column placed
     fragments_rebuilt: int = 0
     slots_rewritten: int = 0
     packs_collected: int = 0
     problems: list[str] = field(default_factory=list)
+    # Packs a repair could not fully fix: {"pack": id hex, "file": a path using it,
+    # "columns": [still not placed], "reason": why}. Non-empty: `pluto check` exits 1.
+    not_fixed: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -128,33 +143,35 @@ class Inventory:
     folders: list[ReadCap | WriteCap] = field(default_factory=list)
     files: int = 0
     packs: dict[bytes, Locator] = field(default_factory=dict)  # pack record writer -> one locator into it
+    used_by: dict[bytes, str] = field(default_factory=dict)  # pack record writer -> path of one file using it
 
 
 async def inventory(volume: Volume, root: WriteCap | ReadCap) -> Inventory:
     """Walk the tree under `root` and collect every folder and every pack its files use."""
     inv = Inventory()
     tree = Tree(volume, root)
-    stack: list[WriteCap | ReadCap] = [root]
+    stack: list[tuple[WriteCap | ReadCap, str]] = [(root, "")]
     while stack:
-        cap = stack.pop()
+        cap, path = stack.pop()
         inv.folders.append(cap)
         directory = await volume.load_dir(cap, missing_ok=cap is root)
         for entry in directory.entries:
             if isinstance(entry.child, DirLink):
-                stack.append(tree._child_cap(cap, entry))
+                stack.append((tree._child_cap(cap, entry), f"{path}/{entry.name}"))
             elif isinstance(entry.child, FileRef):
                 inv.files += 1
-                await _collect_file(volume, entry.child, entry.size, inv)
+                await _collect_file(volume, entry.child, entry.size, inv, f"{path}/{entry.name}")
     return inv
 
 
-async def _collect_file(volume: Volume, ref: FileRef, size: int, inv: Inventory) -> None:
+async def _collect_file(volume: Volume, ref: FileRef, size: int, inv: Inventory, path: str) -> None:
     manifest = ref.open(size)
     levels = 0
     while True:
         for chunk in manifest.chunks:
             loc = Locator.decode(chunk.locator)
             inv.packs.setdefault(loc.record.writer, loc)
+            inv.used_by.setdefault(loc.record.writer, path)
         if not manifest.indirect or levels > 3:
             return
         from cryptree.filenode import decode_manifest
@@ -179,13 +196,20 @@ class Doctor:
         """Challenge every fragment column of a pack once (with containment on timeouts)."""
         seq, layout, peers = await self.packs.fetch_record(loc.record)
         records = await self.net.peers(refresh=True)
-        states = [peer_state(records.get(pid), self.grace) for pid in peers]
+        # A peer counts for one column only: a later column naming it again (older clients named
+        # a peer twice for a column it never got) is missing, not challenged, not held against it.
+        first: dict[bytes, int] = {}
+        for col, pid in enumerate(peers):
+            if pid is not None:
+                first.setdefault(pid, col)
+        missing = [pid is None or first[pid] != col for col, pid in enumerate(peers)]
+        states = [None if missing[col] else peer_state(records.get(pid), self.grace) for col, pid in enumerate(peers)]
         healthy = [False] * layout.n
         offline = [state is PeerState.OFFLINE for state in states]
 
         async def column(col: int) -> None:
             if states[col] is not PeerState.HEALTHY:
-                return  # silent or disqualified: a challenge would only time out or not be believed
+                return  # missing, silent or disqualified: a challenge would only time out or not be believed
             ok = await self._challenge_column(layout, peers[col], col)
             healthy[col] = ok
             if report is not None:
@@ -196,7 +220,7 @@ class Doctor:
         async with trio.open_nursery() as nursery:
             for col in range(layout.n):
                 nursery.start_soon(column, col)
-        return PackHealth(loc.record, loc.nonce, seq, layout, peers, healthy, offline)
+        return PackHealth(loc.record, loc.nonce, seq, layout, peers, healthy, offline, missing)
 
     async def _challenge_column(self, layout: PackLayout, peer: bytes, col: int) -> bool:
         for index, seg in enumerate(layout.segments):
@@ -217,47 +241,18 @@ class Doctor:
                 return False
         return True
 
-    async def repair(self, health: PackHealth, columns: list[int] | None = None) -> int:
-        """Rebuild `columns` (default: every column not proven healthy) onto new peers.
+    async def repair(self, health: PackHealth, columns: list[int] | None = None) -> RepairResult:
+        """Rebuild `columns` (default: every column not proven healthy), each onto a peer of its own.
 
-        Returns the number of fragments rebuilt. Only the owner can repair:
-        the new placement is signed with the pack's write key. Fragments are
-        read only from columns proven healthy, never from offline peers.
+        Rules in repair.py (and docs/TRUST.md): spares first, else the peer
+        that lost the column; never two columns on one peer; the result
+        lists every column that could not be placed, and why.
         """
         layout = health.layout
         missing = [c for c in range(layout.n) if not health.healthy[c]] if columns is None else list(columns)
         if not missing:
-            return 0
-        good = [c for c in range(layout.n) if health.healthy[c]]
-        if len(good) < layout.k:
-            raise NotEnoughPeers(f"a pack has only {len(good)} healthy fragments of the {layout.k} needed; it cannot be rebuilt now")
-        holders = {health.peers[c] for c in good}
-        spares = await self.net.find_peers(len(missing), exclude=list(holders | set(health.peers)))
-        if not spares:
-            raise NotEnoughPeers("no spare peer to repair onto; add storage peers")
-        peers = list(health.peers)
-        placed = list(zip(missing, spares))  # with fewer spares than columns, rebuild what fits now
-        columns = [col for col, _ in placed]
-        clients = {col: await self.net.client(spare.id) for col, spare in placed}
-        rebuilt = 0
-        for index in range(len(layout.segments)):
-            # One download of k fragments per segment serves every column rebuilt, so
-            # rebuilding m columns costs k + m fragment transfers, not m * (k + 1).
-            frags = await self.packs.gather(layout, health.peers, index, good)
-            fresh = await trio.to_thread.run_sync(lambda: rebuild_fragments(layout, index, frags, columns))
-            for col in columns:
-                await clients[col].put_fragment(layout.segments[index].fragment_ids[col], fresh[col])
-                self.packs.stats.fragment_bytes_sent += len(fresh[col])
-                rebuilt += 1
-        for col, spare in placed:
-            peers[col] = spare.id
-        cap = pack_write_cap(self.volume.keys.pack_key, health.nonce)
-        if cap.writer != health.record.writer:
-            raise PlutoError("this pack belongs to another user; only its owner can repair it")
-        record = PackRecord(layout.to_dict(), tuple(peers))
-        await self.volume.slots.write(seal_pack_record(cap, health.seq + 1, record))
-        self.packs._records[cap.writer] = (layout, tuple(peers))
-        return rebuilt
+            return RepairResult()
+        return await repair_pack(self.volume, health, missing)
 
     async def rewrite_slot(self, writer: bytes) -> bool:
         """Re-store the newest version of a slot on the peers that should hold it now (a read does:
@@ -281,15 +276,25 @@ class Doctor:
                 log_.remove(writer)  # the record itself is gone: nothing left to free
                 continue
             for col, peer in enumerate(peers):
+                if peer is None:
+                    continue  # never placed: nothing to free
                 try:
                     client = await self.net.client(peer)
                     for seg in layout.segments:
                         await client.delete_fragment(seg.fragment_ids[col])
                 except (TransportError, NotEnoughPeers) as exc:
                     log.info("gc: could not reach a peer (%s); its space returns when it forgets unclaimed data", exc)
+            self.packs.forget_short(writer)
             log_.remove(writer)
             collected += 1
         return collected
+
+
+def _not_fixed(health: PackHealth, result: RepairResult, path: str) -> dict:
+    """One `CheckReport.not_fixed` entry: the pack, a file using it, the columns still missing, why."""
+    reasons = list(dict.fromkeys(result.unplaced.values()))  # distinct, in column order
+    return {"pack": health.layout.pack_id.hex(), "file": path, "columns": sorted(result.unplaced),
+            "placed": result.placed, "reason": "; ".join(reasons)}
 
 
 async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = False, gc: bool = False,
@@ -320,6 +325,8 @@ async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = Fals
             report.problems.append(str(exc))
             continue
         report.fragments_offline += health.offline_count * len(health.layout.segments)
+        if any(health.missing):
+            report.packs_short += 1
         if health.healthy_count < health.layout.n:
             report.packs_degraded += 1
             if health.healthy_count < health.layout.k:
@@ -330,13 +337,14 @@ async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = Fals
                 report.packs_waiting += 1
             if repair and columns:
                 try:
-                    rebuilt = await doctor.repair(health, columns)
+                    result = await doctor.repair(health, columns)
                 except (NotEnoughPeers, PlutoError, TransportError) as exc:
-                    report.problems.append(f"repair failed: {exc}")
-                    continue
-                if rebuilt:
+                    result = RepairResult(unplaced={col: str(exc) for col in columns})
+                report.fragments_rebuilt += result.rebuilt
+                if not result.complete:
+                    report.not_fixed.append(_not_fixed(health, result, inv.used_by.get(loc.record.writer, "")))
+                elif result.placed:
                     report.packs_repaired += 1
-                    report.fragments_rebuilt += rebuilt
     if repair and isinstance(root, WriteCap):
         for cap in inv.folders:
             if await doctor.rewrite_slot(cap.writer):

@@ -28,6 +28,7 @@ from .fuse_ops import PlutoOperations
 from .home import Home
 from .malloc_tuning import tune_malloc
 from .journal import Journal
+from .short_packs import place_short_packs
 from .volume import Volume, open_volume
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, 
         "chunk_bytes_packed": stats.chunk_bytes_packed,
         "fetches_hedged": stats.fetches_hedged,
         "columns_short": stats.columns_short,
+        "packs_short": len(volume.packs.short_packs()),  # a column no peer holds yet: pluto_fs/short_packs.py
         "slow_peers": [peer.hex() for peer in volume.packs.fetch_order.troubled_peers()],
         "health": health or {},
     }
@@ -214,6 +216,7 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_write_back, model)
+                    nursery.start_soon(place_short_packs, volume)
                     nursery.start_soon(_replay_journal, model)
                     nursery.start_soon(_refresh_loop, model)
                     health: dict = {}

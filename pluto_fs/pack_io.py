@@ -6,6 +6,8 @@ that fails is replaced by another (excluding every peer already tried);
 the pack counts as stored once at least `happy` columns are placed, and the
 columns still going then get a grace, not the request timeout. Then the
 pack record (layout + which peer holds each column) is signed and replicated.
+A column that no peer acknowledged is recorded as None, never as some peer:
+the pack is *short* until the mount places it (`short_packs`, pluto_fs/short_packs.py).
 
 Read: the record (cached) tells which segments cover the wanted bytes; for
 each segment, fragments are fetched from k peers at once, primaries first
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 PLACEMENT_RETRIES = 3  # replacement peers tried per fragment column
 FRAGMENTS_IN_FLIGHT = 4  # fragment uploads outstanding per peer and pack
 # Seconds the columns still uploading get once `happy` are placed (twice what those took, within
-# these bounds); a column cut off stays with its peer in the record, and repair refills it.
+# these bounds); a column cut off is recorded as None (no peer acknowledged it) and placed later.
 UPLOAD_MIN_GRACE = 1.0
 UPLOAD_MAX_GRACE = 10.0
 
@@ -81,9 +83,19 @@ class PackStore:
     fetch_order: FetchOrder = field(default_factory=FetchOrder)
     _records: dict = field(default_factory=dict)
     _segments: FetchCache[bytes] = field(init=False)
+    # Packs whose record leaves a column without a peer: writer -> (nonce, read key). Mirrors the
+    # pack log's `short` flag, so a restarted mount still places what an earlier one left short.
+    _short: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict)
+    _short_added: trio.Event = field(default_factory=trio.Event)
+    # One record rewrite at a time in this process: a repair reads the newest record and signs
+    # seq + 1 under it, so two concurrent ones would sign two different records with one seq.
+    record_lock: trio.Lock = field(default_factory=trio.Lock)
 
     def __post_init__(self) -> None:
         self._segments = FetchCache(self.segment_cache_bytes, len)
+        if self.log is not None:
+            for writer, nonce, read_key in self.log.short():
+                self._short[writer] = (nonce, read_key)
 
     # ---- upload ---------------------------------------------------------------
 
@@ -138,17 +150,54 @@ class PackStore:
             )
         if sum(placed) < self.n:
             self.stats.columns_short += self.n - sum(placed)
-            log.info("pack stored with %d of %d fragment columns; repair will place the rest", sum(placed), self.n)
-        # A column that found no home keeps its last candidate: reads skip it, repair refills it.
-        peers = tuple(c if c is not None else found[0].id for c in columns)
-        record = PackRecord(layout.to_dict(), peers)
-        cap = pack_write_cap(self.pack_key, nonce)
-        await self.slots.write(seal_pack_record(cap, 1, record))
-        self._records[cap.writer] = (layout, peers)
-        if self.log is not None:
-            self.log.add(cap.writer, nonce, cap.read_key)
+            log.info("pack stored with %d of %d fragment columns; the rest are placed as soon as a peer is free",
+                     sum(placed), self.n)
+        # Only what a peer acknowledged is recorded: a column cut off or failed everywhere is None,
+        # not a peer that never got it (that made the grace count it healthy, and named a peer twice).
+        peers = tuple(columns[i] if placed[i] else None for i in range(self.n))
+        record = await self.publish_record(nonce, 1, layout, peers)
         self.stats.packs_uploaded += 1
         return record
+
+    async def publish_record(self, nonce: bytes, seq: int, layout: PackLayout,
+                             peers: tuple[bytes | None, ...]) -> PackRecord:
+        """Sign and replicate version `seq` of a pack's record; remember it, and whether it is short.
+
+        Version 1 is the upload (the pack is logged); later versions come from
+        repair (the log's short flag follows the record). Raises FormatError if
+        `peers` names one peer for two columns.
+        """
+        cap = pack_write_cap(self.pack_key, nonce)
+        record = PackRecord(layout.to_dict(), peers)
+        await self.slots.write(seal_pack_record(cap, seq, record))
+        self._records[cap.writer] = (layout, peers)
+        short = None in peers
+        if short:
+            self._short[cap.writer] = (nonce, cap.read_key)
+            self._short_added.set()
+            self._short_added = trio.Event()
+        else:
+            self._short.pop(cap.writer, None)
+        if self.log is not None:
+            if seq == 1:
+                self.log.add(cap.writer, nonce, cap.read_key, short)
+            else:
+                self.log.set_short(cap.writer, short)
+        return record
+
+    def short_packs(self) -> dict[bytes, tuple[bytes, bytes]]:
+        """Packs with a fragment column no peer holds yet: writer -> (nonce, read key)."""
+        return dict(self._short)
+
+    def forget_short(self, writer: bytes) -> None:
+        """Stop tracking a pack as short (it was collected, or its record is gone)."""
+        self._short.pop(writer, None)
+        if self.log is not None:
+            self.log.set_short(writer, False)
+
+    async def wait_short_added(self) -> None:
+        """Return when the next short pack is published."""
+        await self._short_added.wait()
 
     async def _put_column(self, client, layout: PackLayout, fragments: list[list[bytes]], i: int) -> None:
         """Send column `i` of every segment to one peer, a few requests in flight at once.
@@ -172,8 +221,8 @@ class PackStore:
 
     # ---- read -----------------------------------------------------------------
 
-    async def fetch_record(self, record: ReadCap) -> tuple[int, PackLayout, tuple[bytes, ...]]:
-        """The newest signed record of a pack: (seq, layout, peer per column), uncached."""
+    async def fetch_record(self, record: ReadCap) -> tuple[int, PackLayout, tuple[bytes | None, ...]]:
+        """The newest signed record of a pack: (seq, layout, peer per column, None if unplaced), uncached."""
         slot = await self.slots.read(record.writer)
         if slot is None:
             raise NotEnoughPeers("a pack record is missing on every peer asked; the data may be lost")
@@ -187,7 +236,7 @@ class PackStore:
         self._records[record.writer] = (layout, parsed.peers)
         return seq, layout, parsed.peers
 
-    async def _record(self, locator: Locator) -> tuple[PackLayout, tuple[bytes, ...]]:
+    async def _record(self, locator: Locator) -> tuple[PackLayout, tuple[bytes | None, ...]]:
         cached = self._records.get(locator.record.writer)
         if cached is not None:
             return cached
@@ -209,7 +258,7 @@ class PackStore:
         return b"".join(seg[rng.start : rng.stop] for seg, rng in zip(segments, ranges))
 
     async def gather(
-        self, layout: PackLayout, peers: tuple[bytes, ...], index: int, columns: Iterable[int]
+        self, layout: PackLayout, peers: tuple[bytes | None, ...], index: int, columns: Iterable[int]
     ) -> dict[int, bytes]:
         """k verified fragments of segment `index` from `columns`, k asked at a time.
 
@@ -217,11 +266,13 @@ class PackStore:
         does a fetch still unanswered after the hedge delay (a frozen peer costs
         one delay, not a timeout); peers with recent trouble are asked last
         (`FetchOrder`). A fragment that fails verification is reported against its peer.
+        Columns without a peer (None: never placed) are not asked.
         """
         seg = layout.segments[index]
         got: dict[int, bytes] = {}
         errors: list[str] = []
-        order = iter(self.fetch_order.order(peers, columns, self.net.listed_offline()))
+        placed = [c for c in columns if peers[c] is not None]
+        order = iter(self.fetch_order.order(peers, placed, self.net.listed_offline()))
         waiting: dict[int, float] = {}  # column -> when its fetch started
 
         async with trio.open_nursery() as nursery:
@@ -282,10 +333,10 @@ class PackStore:
         except TransportError as exc:
             log.info("could not report an audit outcome: %s", exc)
 
-    async def _segment(self, key: bytes, layout: PackLayout, peers: tuple[bytes, ...], index: int) -> bytes:
+    async def _segment(self, key: bytes, layout: PackLayout, peers: tuple[bytes | None, ...], index: int) -> bytes:
         # Chunks next to each other share segments, and readahead asks for them at once.
         return await self._segments.get((key, index), lambda: self._fetch_segment(layout, peers, index))
 
-    async def _fetch_segment(self, layout: PackLayout, peers: tuple[bytes, ...], index: int) -> bytes:
+    async def _fetch_segment(self, layout: PackLayout, peers: tuple[bytes | None, ...], index: int) -> bytes:
         got = await self.gather(layout, peers, index, range(layout.n))
         return await trio.to_thread.run_sync(decode_segment, got, layout.k, layout.n, layout.segments[index].length)

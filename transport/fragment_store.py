@@ -10,6 +10,9 @@ Layout under the store directory:
 A fragment is written to tmp/ as it streams in (hashed on the way),
 verified against its id, fsync'd, renamed into place and the directory
 fsync'd; only then is it recorded in the index and the client answered.
+An upload of a fragment already held replaces the file when the file no
+longer hashes to its id (bit rot, a tampered disk): a repair that sends
+the fragment again leaves a verified copy, never the bad one.
 Directory fsyncs of concurrent uploads are batched (group commit): one
 fsync covers every rename that happened before it started. So every file
 in fragments/ is whole and verified, and nothing half-written is ever
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import sqlite3
 import shutil
@@ -43,6 +47,8 @@ from .errors import RemoteError
 from .sqlite_db import Database
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 DISK_RESERVE = 64 * 1024 * 1024  # never fill the disk to the last byte: SQLite needs room to commit
 
@@ -102,6 +108,7 @@ class FragmentStore:
         self._acct = threading.Lock()  # guards the two running totals below; never held across I/O
         self._total = 0  # bytes held: fragments + slot payloads
         self._by_client: dict[bytes, int] = {}  # bytes charged per client: claims + slot payloads
+        self.replaced = 0  # corrupt fragment files replaced by a verified upload of the same id
         self._reconcile()
         self._load_totals()
 
@@ -151,14 +158,21 @@ class FragmentStore:
 
     def _intact(self, fid: bytes) -> bool:
         """Whether the file stored under `fid` still hashes to it (else it is removed)."""
-        builder = MerkleBuilder()
-        with open(self.fragment_path(fid), "rb") as f:
-            while block := f.read(1 << 20):
-                builder.update(block)
-        if builder.root() == fid:
+        if self._file_matches(fid):
             return True
         self.fragment_path(fid).unlink()
         return False
+
+    def _file_matches(self, fid: bytes) -> bool:
+        """Whether the file stored under `fid` hashes to it (False if it is unreadable or gone)."""
+        builder = MerkleBuilder()
+        try:
+            with open(self.fragment_path(fid), "rb") as f:
+                while block := f.read(1 << 20):
+                    builder.update(block)
+        except FileNotFoundError:
+            return False
+        return builder.root() == fid
 
     # ---- accounting -----------------------------------------------------------
 
@@ -265,11 +279,16 @@ class FragmentStore:
     def commit_upload(self, upload: "Upload", frag_id: bytes, size: int, client: bytes) -> bool:
         """Verify a finished upload against its claimed id and make it durable.
 
-        Order matters for crash safety: the bytes are checked first (a refused
-        upload costs no fsync), then fsync'd, renamed into place, and the
+        Order matters for crash safety: the upload's bytes are checked first
+        (a refused upload costs no fsync); then, if a file of that id is
+        already there, its bytes are checked too; the upload is fsync'd,
+        renamed into place (over a file that failed its check), and the
         rename made durable, all before the index row and the client's answer.
-        Returns False if the fragment was already held (the upload is dropped,
-        the client's claim is still recorded).
+        The rename is atomic, so the final path holds the old file or the
+        verified new one at every moment, never a mix.
+        Returns False if an intact copy was already held (the upload is
+        dropped, the client's claim is still recorded); True if the upload
+        was stored, new or in place of a corrupt copy (counted in `replaced`).
         """
         try:
             if upload.builder.length != size:
@@ -278,6 +297,12 @@ class FragmentStore:
                 raise RemoteError("bad_content", "fragment content does not match its id")
             final = self.fragment_path(frag_id)
             existed = final.exists()
+            if existed and not self._file_matches(frag_id):
+                # Claims stay as they are: whoever claimed the id claimed these bytes.
+                log.warning("fragment %s was corrupt on disk; replacing it with the verified upload", frag_id.hex())
+                with self._acct:
+                    self.replaced += 1
+                existed = False
             if not existed:
                 upload.finish()
                 os.replace(upload.path, final)

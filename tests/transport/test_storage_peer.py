@@ -138,3 +138,28 @@ async def test_restart_reconciles_the_index_with_the_fragment_files(tmp_path: Pa
     await _with_peer(tmp_path, check)
     assert not bogus.exists()
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_a_put_replaces_a_corrupt_copy_of_the_same_fragment(tmp_path: Path) -> None:
+    data = os.urandom(3 * LEAF_SIZE + 77)
+    fid = merkle_root(data)
+    path = tmp_path / "fragments" / fid.hex()[:2] / fid.hex()
+
+    async def body(client: StoragePeerClient, pool, address) -> None:
+        assert await client.put_fragment(fid, data) is True
+        rotten = bytearray(path.read_bytes())
+        for i in range(0, len(rotten), LEAF_SIZE):
+            rotten[i] ^= 0xFF  # bit rot in every leaf: no challenge can pass
+        path.write_bytes(bytes(rotten))
+        assert not await client.challenge(fid, 0, len(data))
+        # A repair sends the same fragment again: the verified upload must replace the bad file.
+        assert await client.put_fragment(fid, data) is True
+        assert path.read_bytes() == data
+        for leaf in range(4):
+            assert await client.challenge(fid, leaf, len(data))
+        assert await client.get_fragment(fid) == data
+        assert (await client.usage())["used"] == len(data)  # replaced, not counted twice
+        assert await client.put_fragment(fid, data) is False  # an intact copy is kept as it is
+
+    await _with_peer(tmp_path, body)
+    assert list((tmp_path / "tmp").iterdir()) == []
