@@ -62,6 +62,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _long_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 365 * 86400:
+        raise argparse.ArgumentTypeError("seconds must be more than 0 and at most 31536000 (365 days)")
+    return value
+
+
 async def _until_signal(fn, *args) -> None:
     """Run `fn(*args)` until it returns or SIGINT/SIGTERM arrives, then stop cleanly."""
     async with trio.open_nursery() as nursery:
@@ -129,7 +139,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            limits = CoordinatorLimits(audit_report_interval=args.audit_report_interval, exchange_grace=args.grace)
+            limits = CoordinatorLimits(audit_report_interval=args.audit_report_interval, exchange_grace=args.grace,
+                                       membership_grace=args.membership_grace)
             started = await nursery.start(
                 lambda task_status: run_coordinator(
                     Path(args.data), host, port, heartbeat_interval=args.heartbeat, limits=limits,
@@ -178,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw bytes a user may store before offering space of their own (default 1G)")
     p.add_argument("--audit-report-interval", type=_seconds, default=10.0, metavar="SECONDS",
                    help="count at most one audit report per client and peer in this interval (default 10)")
+    p.add_argument("--membership-grace", type=_long_seconds, default=72 * 3600.0, metavar="SECONDS",
+                   help="a peer silent longer than this leaves the membership and folders move off it "
+                        "(default 259200: 72 h)")
     p.set_defaults(func=cmd_coordinator)
 
     from .cli_volume import add_commands

@@ -189,7 +189,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         },
         "coordinator_error": peer_error,
         "peers": [{"id": p.id.hex(), "address": p.address, "state": states[p.id].value, "alive": p.alive,
-                   "offline_for": p.offline_for, "disqualified": p.disqualified, "uptime": p.uptime,
+                   "offline_for": p.offline_for, "disqualified": p.disqualified, "member": p.member, "uptime": p.uptime,
                    "reputation": p.reputation, "free": p.free} for p in records],
     }
     lost_tolerance = config.n - config.k
@@ -265,7 +265,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
     states = {p.id: peer_state(p, config.repair_grace) for p in records}
     if args.json:
         print(json.dumps([{"id": p.id.hex(), "address": p.address, "state": states[p.id].value, "alive": p.alive,
-                           "offline_for": p.offline_for, "disqualified": p.disqualified, "capacity": p.capacity,
+                           "offline_for": p.offline_for, "disqualified": p.disqualified, "member": p.member, "capacity": p.capacity,
                            "free": p.free, "uptime": p.uptime, "reputation": p.reputation,
                            "audits_ok": p.audits_ok, "audits_failed": p.audits_failed} for p in records], indent=2))
         return 0

@@ -112,6 +112,7 @@ class LocalGrid:
     audit_report_interval: float = 10.0
     owner: str | None = None  # device id whose storage-exchange allowance the peers raise
     grace: str = "1G"
+    membership_grace: float | None = None  # seconds; None: the coordinator's default (72 h)
     coordinator: GridProcess | None = None
     storage: list[GridProcess] = field(default_factory=list)
 
@@ -122,7 +123,8 @@ class LocalGrid:
             "coordinator",
             _pluto("--log-level", self.log_level, "coordinator", "--listen", "127.0.0.1:0",
                    "--data", str(self.root / "coordinator"), "--heartbeat", str(self.heartbeat),
-                   "--audit-report-interval", str(self.audit_report_interval), "--grace", self.grace),
+                   "--audit-report-interval", str(self.audit_report_interval), "--grace", self.grace,
+                   *(["--membership-grace", str(self.membership_grace)] if self.membership_grace else [])),
             self.root / "coordinator.log",
         )
         self.coordinator.start()

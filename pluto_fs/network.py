@@ -53,13 +53,15 @@ class Network:
             return self._peers
 
     async def members(self, grace: float) -> list[bytes]:
-        """Peers that belong to the network: alive, or offline for less than `grace` seconds.
+        """Peers that belong to the network, as the coordinator says (the same for every device);
+        from a coordinator too old to say: alive, or offline for less than `grace` seconds.
 
         Where mutable slots live is ranked over these, never over who happens
         to answer right now: a reboot or a freeze must not move a folder's
         replica set (see SlotReplicas).
         """
-        return [pid for pid, r in (await self.peers()).items() if peer_state(r, grace) is not PeerState.LOST]
+        return [pid for pid, r in (await self.peers()).items()
+                if (r.member if r.member is not None else peer_state(r, grace) is not PeerState.LOST)]
 
     def listed_offline(self) -> set[bytes]:
         """Peers the last fetched peer list shows as not alive (no network call)."""

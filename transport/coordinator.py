@@ -155,6 +155,10 @@ class CoordinatorLimits:
     reputation_floor: float = 0.25  # below this (with enough audits) a peer is not offered
     reputation_min_audits: int = 3
     uptime_floor: float = 0.5
+    # A peer silent longer than this leaves the network's membership: mutable slots (folders,
+    # pack records) stop counting on it and move to the next peers in their ranking. Every client
+    # takes membership from here, so all of a user's devices agree on where a slot lives.
+    membership_grace: float = 72 * 3600.0
     uptime_grace_heartbeats: float = 100.0  # judge uptime only after this many expected heartbeats
     maintenance_every: float = 60.0
     exchange_grace: int = 1 << 30  # raw bytes a client may store before offering any space itself
@@ -354,6 +358,7 @@ class _PeerView:
     eligible: bool
     disqualified: bool  # suspended, or failed too many audits: its data should be moved away
     offline_for: float  # seconds since its last heartbeat if not alive, else 0
+    member: bool  # counts for where mutable slots live: not disqualified, not silent past membership_grace
 
 
 @dataclass
@@ -426,7 +431,8 @@ class Coordinator(RpcService):
         # Computed here rather than sending last_seen, so client clock skew cannot
         # make a peer look lost (or fresh); clamped in case our clock stepped back.
         offline_for = 0.0 if alive else max(0.0, now - row["last_seen"])
-        return _PeerView(row, alive, uptime, reputation, eligible, disqualified, offline_for)
+        member = not disqualified and offline_for < lim.membership_grace
+        return _PeerView(row, alive, uptime, reputation, eligible, disqualified, offline_for, member)
 
     # ---- peers -------------------------------------------------------------
 
@@ -606,6 +612,8 @@ class Coordinator(RpcService):
         that is not alive has been silent, 0 for alive ones; clients use it
         for the repair grace period. `disqualified` means suspended or below
         the reputation floor: its fragments should be rebuilt elsewhere.
+        `member` says whether the peer counts for where mutable slots live
+        (see CoordinatorLimits.membership_grace).
         """
         cap = self.limits.list_peers_max
 
@@ -633,6 +641,7 @@ class Coordinator(RpcService):
                     "eligible": view.eligible,
                     "disqualified": view.disqualified,
                     "offline_for": view.offline_for,
+                    "member": view.member,
                 }
             )
         return out

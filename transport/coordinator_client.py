@@ -86,6 +86,9 @@ class PeerRecord:
     # "gone for an unknown time".
     offline_for: float | None = None
     disqualified: bool = False  # suspended or failed too many audits: its data should move
+    # Whether the coordinator counts it in the network's membership (where slots live); None from a
+    # coordinator too old to say, in which case the client applies its own repair grace.
+    member: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,14 @@ def _fraction(item: dict, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ProtocolError(f"malformed coordinator answer: {name!r} must be a number from 0 to 1")
     return float(value)
+
+
+def _optional_bool(item: dict, name: str) -> bool | None:
+    """An optional boolean field of an answer: None when absent."""
+    value = item.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise ProtocolError(f"malformed coordinator answer: {name!r} must be true or false")
+    return value
 
 
 def _offline_for(item: dict, alive: bool) -> float | None:
@@ -263,6 +274,7 @@ class CoordinatorClient:
                     eligible=_check(get_bool, item, "eligible", default=True),
                     offline_for=_offline_for(item, alive),
                     disqualified=_check(get_bool, item, "disqualified", default=False),
+                    member=_optional_bool(item, "member"),
                 )
             )
         if len({p.id for p in out}) != len(out):

@@ -8,6 +8,7 @@ asked; two versions with one sequence number then wedged the folder.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,7 +16,16 @@ import pytest
 
 from pluto_fs.testing import start_mounted_volume
 
-from support import fsync_dir, ls, pluto, restore_home, wait_listed_offline, write_durably
+from support import (
+    fsync_dir,
+    ls,
+    peer_alive,
+    pluto,
+    restore_home,
+    wait_listed_offline,
+    wait_until,
+    write_durably,
+)
 
 
 def test_with_three_of_five_peers_down_a_folder_update_is_refused_and_nothing_flips_later(tmp_path: Path) -> None:
@@ -85,3 +95,49 @@ def test_a_write_acknowledged_by_a_majority_survives_losing_that_majority_but_on
         assert {tuple(ls(other, "/docs")) for _ in range(4)} == {("v1", "v2")}
     finally:
         vol.close()
+
+
+def test_a_peer_gone_for_good_leaves_the_membership_and_folders_move_off_it(tmp_path: Path) -> None:
+    """Membership, not liveness, places slots; when the coordinator drops a peer from it (silent past
+    --membership-grace), reads re-replicate folders to the next peer, so two later losses are survived."""
+    import trio
+
+    from cryptree.identity import new_seed
+    from pluto_fs.home import Config, Home
+    from pluto_fs.localgrid import LocalGrid
+    from pluto_fs.tree import Tree
+    from pluto_fs.volume import open_volume
+    from transport.peer_id import parse_peer_id
+
+
+    grid = LocalGrid(tmp_path / "grid", peers=6, capacity="1G", heartbeat=0.5, membership_grace=3.0)
+    grid.start()
+    try:
+        home = Home(tmp_path / "home")
+        home.create(new_seed(), Config(coordinator=grid.coordinator.address))
+        wait_until(lambda: len(peer_alive(home)) == 6, what="six peers registered")
+        src = tmp_path / "src"
+        (src / "docs").mkdir(parents=True)
+        (src / "docs" / "a").write_bytes(b"kept")
+        pluto(home, "put", str(src), "/")
+
+        async def replicas() -> list[int]:
+            async with open_volume(home) as vol:
+                cap, _ = await Tree(vol, vol.keys.root).open_dir("/docs")
+                primary, _ = await vol.slots.placement(cap.writer)
+            index = {parse_peer_id(p.peer_id): i for i, p in enumerate(grid.storage)}
+            return [index[p] for p in primary]
+
+        holders = trio.run(replicas)
+        assert len(holders) == 5
+        gone, *others = holders
+        grid.storage[gone].kill()
+        address = grid.storage[gone].address
+        wait_until(lambda: not any(p["member"] for p in json.loads(pluto(home, "peers", "--json").stdout)
+                                   if p["address"] == address), what="the silent peer leaves the membership")
+        assert ls(home, "/docs") == ["a"]  # read repair copies the folder to the peer that took its place
+        for i in others[:2]:
+            grid.storage[i].kill()
+        assert ls(home, "/docs") == ["a"]  # 3 of the new 5 still answer: a majority
+    finally:
+        grid.stop()
