@@ -107,7 +107,13 @@ def decode(value: Any, what: str) -> Version:
 
 
 def check(version: Any, what: str) -> Version:
-    """Validate a version given in memory (the same rules as `decode`)."""
-    if type(version) is not tuple:
-        raise FormatError(f"{what} version must be a tuple of (tag, counter) pairs")
-    return decode([list(p) if type(p) is tuple else p for p in version], what)
+    """Validate a version given in memory (the same rules as `decode`; on the hot path of every entry)."""
+    if type(version) is not tuple or len(version) > MAX_TAGS:
+        raise FormatError(f"{what} version must be a tuple of at most {MAX_TAGS} (tag, counter) pairs")
+    previous = b""
+    for pair in version:
+        if (type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not bytes or len(pair[0]) != TAG_SIZE
+                or type(pair[1]) is not int or not 1 <= pair[1] <= MAX_COUNTER or pair[0] <= previous):
+            raise FormatError(f"{what} version must hold sorted, unique (8-byte tag, counter >= 1) pairs")
+        previous = pair[0]
+    return version
