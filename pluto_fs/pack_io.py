@@ -216,8 +216,10 @@ class PackStore:
 
             return call
 
+        # drain: a refusal (over quota, full) lets the puts already streaming finish, so the
+        # connection other packs share with this peer is not broken by a cancelled send.
         await run_all([put(seg) for seg in range(len(layout.segments))], FRAGMENTS_IN_FLIGHT,
-                      (TransportError, NotEnoughPeers))
+                      (TransportError, NotEnoughPeers), drain=True)
 
     # ---- read -----------------------------------------------------------------
 

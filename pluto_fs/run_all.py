@@ -19,11 +19,15 @@ async def run_all(
     calls: Sequence[Callable[[], Awaitable[T]]],
     limit: int | None = None,
     catch: type[Exception] | tuple[type[Exception], ...] = Exception,
+    drain: bool = False,
 ) -> list[T]:
     """Await every call, at most `limit` at a time; results in the order of `calls`.
 
     The first exception of a `catch` type cancels the calls still running
-    and is re-raised once they have stopped. Others propagate as trio does.
+    and is re-raised once they have stopped. With `drain`, the calls already
+    running are let finish instead (no new one starts): cancelling a
+    streamed upload half-way breaks the connection it shares with every
+    other transfer to that peer. Others propagate as trio does.
     """
     results: list[T | None] = [None] * len(calls)
     errors: list[Exception] = []
@@ -31,11 +35,14 @@ async def run_all(
 
     async def one(i: int) -> None:
         async with slots:
+            if errors:
+                return  # draining: start nothing new
             try:
                 results[i] = await calls[i]()
             except catch as exc:
                 errors.append(exc)
-                nursery.cancel_scope.cancel()
+                if not drain:
+                    nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
         for i in range(len(calls)):

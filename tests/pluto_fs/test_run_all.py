@@ -49,3 +49,32 @@ def test_the_first_failure_stops_the_rest_and_is_raised_as_itself() -> None:
         assert finished == []
 
     trio.run(run)
+
+
+async def test_drain_lets_running_calls_finish_and_starts_no_new_one() -> None:
+    events: list[str] = []
+    b_running = trio.Event()
+
+    async def a() -> None:
+        events.append("start a")
+        await b_running.wait()
+        events.append("a refused")
+        raise ValueError("refused")
+
+    async def b() -> None:
+        events.append("start b")
+        b_running.set()
+        await trio.sleep(0.05)  # still streaming when a is refused
+        events.append("b done")
+
+    def other(n: int):
+        async def call() -> None:
+            events.append(f"start {n}")
+
+        return call
+
+    with pytest.raises(ValueError, match="refused"):
+        await run_all([a, b] + [other(n) for n in range(5)], limit=2, drain=True)
+    assert "b done" in events  # not cancelled half-way
+    refused = events.index("a refused")
+    assert not any(e.startswith("start") for e in events[refused:]), events  # nothing new after the refusal
