@@ -682,6 +682,7 @@ class FsModel:
                     raise
             else:
                 raise ConflictError("a folder keeps changing elsewhere; will retry")
+            before = {id(s.node): _row_state(s.node) for s in plan.sent}
             note_attempt(d, plan)
             d.seq += 1
             d.refreshed = trio.current_time()
@@ -696,9 +697,10 @@ class FsModel:
                 self.dirty_dirs.discard(d)
             with self.journal.transaction():
                 if d.journal_gen == self.journal.generation:  # the rows mirror the folder: keep them exact
-                    for sent in plan.sent:
-                        if sent.node.parent is d and d.children.get(sent.node.name) is sent.node:
-                            self.journal.put_entry(d.cap.writer, sent.node.name, entry_row(sent.node))
+                    for sent in plan.sent:  # only rows whose versions or flags moved (O(changes), not O(folder))
+                        n = sent.node
+                        if n.parent is d and d.children.get(n.name) is n and before[id(n)] != _row_state(n):
+                            self.journal.put_entry(d.cap.writer, n.name, entry_row(n))
                     for name in revived:
                         self._journal_tombstone(d, name)
                 self.journal.folder_published(d.cap.writer, d.seq, clean)
@@ -800,3 +802,8 @@ class FsModel:
         files = [f for f in self.dirty_files if f.parent is not None]
         # Journaled folders not replayed yet hold changes too (replay_journal is on its way to them).
         return len(files), sum(f.size for f in files), len(self.dirty_dirs) + len(self._journal_dirs)
+
+
+def _row_state(n: Node) -> tuple:
+    """What a publish may change of a node's journal row."""
+    return (n.vv, n.changed, n.on_network, n.held_vv if isinstance(n, FileNode) else None)
