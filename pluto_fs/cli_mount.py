@@ -98,10 +98,16 @@ def _alive(pid: int) -> bool:
 
 
 def _status_file(home: Home) -> dict | None:
-    try:
-        return json.loads(pid_file(home).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+    # A mount on a full disk rewrites the file in place (mount._replace_status_file): a read
+    # that catches it half written tries again.
+    for _ in range(5):
+        try:
+            return json.loads(pid_file(home).read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            time.sleep(0.05)
+    return None
 
 
 def _bar(done: int, total: int, width: int = 24) -> str:
@@ -173,6 +179,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         # peers the mount saw fail or fall silent in the last minute: its reads ask them last
         "slow_peers": info.get("slow_peers", []) if mount_alive else [],
         "health": info.get("health", {}) if mount_alive else {},
+        # failures the mount is retrying: {loop: {name, count, since, last}}
+        "problems": info.get("problems", {}) if mount_alive else {},
         "peers_total": len(records),
         "peers_alive": len(alive),
         "peers_offline": len(offline),
@@ -222,6 +230,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"last audit: {time.strftime('%H:%M:%S', time.localtime(h['last_check']))}, "
                   f"{h.get('degraded', 0)} degraded and {h.get('unreadable', 0)} unreadable packs in the sample "
                   f"({h.get('waiting', 0)} waiting for offline peers), {h.get('repaired', 0)} repaired since mount")
+        for key, problem in status["problems"].items():
+            print(_problem_text(key, problem))
     else:
         print("not mounted (nothing uploading)")
     print(f"device id: {status['device_id']}  (give it to `pluto serve --owner` to earn space)")
@@ -241,6 +251,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"reputation {p.reputation:.2f}  free {format_size(p.free)}{note}")
     print(f"at risk: {status['risk']}")
     return 0
+
+
+def _problem_text(key: str, problem: dict) -> str:
+    """"write-back: 12 attempts failed since 13:02:11, last: …; will keep trying"."""
+    count = problem.get("count", 0)
+    since = problem.get("since")
+    when = f" since {time.strftime('%H:%M:%S', time.localtime(since))}" if since else ""
+    return (f"{problem.get('name', key)}: {count} attempt{'s' if count != 1 else ''} failed{when}, "
+            f"last: {problem.get('last', '?')}; will keep trying")
 
 
 def cmd_peers(args: argparse.Namespace) -> int:

@@ -619,16 +619,27 @@ class FsModel:
             content, size = await self.volume.store_file(self.cache_path(cache_id), previous)
             staged.append((node, version, cache_id, content, size))
         await self.volume.flush(since=mark)
-        with self.journal.transaction():  # one commit for the whole batch
-            for node, version, cache_id, content, size in staged:
-                if node.version != version or node.cache_id != cache_id:
-                    continue  # written again meanwhile: the next round uploads the newer bytes
-                node.content, node.content_size, node.size, node.dirty = content, size, size, False
-                self.dirty_files.discard(node)
-                if node.parent is not None:
-                    # The new content is journaled in the same commit that drops the data row.
-                    self.touch_dir(node.parent, times=False, entry=node)
-                self.journal.drop_file(cache_id)
+        before: list[tuple[FileNode, FileContent | None, int, int]] = []
+        try:
+            with self.journal.transaction():  # one commit for the whole batch
+                for node, version, cache_id, content, size in staged:
+                    if node.version != version or node.cache_id != cache_id:
+                        continue  # written again meanwhile: the next round uploads the newer bytes
+                    before.append((node, node.content, node.content_size, node.size))
+                    node.content, node.content_size, node.size, node.dirty = content, size, size, False
+                    self.dirty_files.discard(node)
+                    if node.parent is not None:
+                        # The new content is journaled in the same commit that drops the data row.
+                        self.touch_dir(node.parent, times=False, entry=node)
+                    self.journal.drop_file(cache_id)
+        except BaseException:
+            # Not committed (a full disk): the journal still says pending, so must the model, or the
+            # files' rows would stay pending in the journal for good. The retry finds the chunks
+            # already placed (dedup) and only commits again.
+            for node, content, content_size, size in before:
+                node.content, node.content_size, node.size, node.dirty = content, content_size, size, True
+                self.dirty_files.add(node)
+            raise
 
     # ---- publishing ----------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """pyfuse3 operations: POSIX calls mapped onto the FsModel.
 
 Every handler answers with data or a FUSEError(errno); nothing else escapes
-to the kernel. Network waits are bounded by the configured timeout: a peer
-that does not answer turns into EIO/ETIMEDOUT and a log line, never a hang.
+to the kernel (pluto_fs/fuse_errors.py has the policy). Network waits are
+bounded by the configured timeout: a peer that does not answer turns into
+EIO/ETIMEDOUT and a log line, never a hang.
 """
 
 from __future__ import annotations
@@ -10,75 +11,26 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import math
 import os
-import sqlite3
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import pyfuse3
-import trio
 
 from cryptree.caps import WriteCap
 from cryptree.dirnode import MAX_NAME_BYTES
-from cryptree.errors import CryptreeError
-from transport.errors import TransportError
 
-from .errors import PlutoError, QuotaExceeded
 from .fsmodel import DirNode, FileNode, FsModel, Node, SymlinkNode, mode_of, now_ns
+from .fuse_errors import fuse_errors, local_op, never_raises
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 XATTR_NAMESPACE = "user."
 XATTR_MAX_VALUE = 64 * 1024
 BLOCK = 4096
 ENTRY_TIMEOUT = 1.0  # seconds the kernel may trust a name lookup (found or not)
 ATTR_TIMEOUT = 1.0  # seconds the kernel may trust attributes
-
-
-def fuse_errors(fn: Callable[..., Awaitable[T]], bounded: bool = True, local: bool = False) -> Callable[..., Awaitable[T]]:
-    """Turn every failure into an errno for the kernel (and a log line for people).
-
-    `bounded` operations fail after the mount's --timeout as a whole. fsync
-    is not bounded as a whole: storing a large file takes as long as it
-    takes, while every single network wait inside it is still bounded by the
-    RPC timeouts, so a dead network still fails it. `local` operations never
-    wait for the network: they skip the timeout's cancel scope, which costs
-    more than a getattr itself.
-    """
-
-    @functools.wraps(fn)
-    async def wrapper(self: "PlutoOperations", *args: Any) -> T:
-        try:
-            if local:
-                return await fn(self, *args)
-            with trio.fail_after(self.op_timeout if bounded else math.inf):
-                return await fn(self, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except QuotaExceeded as exc:
-            log.warning("%s refused: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(errno.ENOSPC) from None
-        except trio.TooSlowError:
-            log.warning("%s: no answer from the network within %g s", fn.__name__, self.op_timeout)
-            raise pyfuse3.FUSEError(errno.ETIMEDOUT) from None
-        except (PlutoError, CryptreeError, TransportError) as exc:
-            log.warning("%s failed: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except sqlite3.Error as exc:
-            # The journal could not record the change: say so rather than acknowledge it.
-            log.error("%s failed: the local journal: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper
-
-
-local_op = functools.partial(fuse_errors, local=True)
 
 
 def _name(raw: bytes) -> str:
@@ -251,6 +203,7 @@ class PlutoOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return node.target
 
+    @never_raises
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             node = self.model.inodes.get(ino)
@@ -270,6 +223,7 @@ class PlutoOperations(pyfuse3.Operations):
         self._dir_handles[fh] = listing
         return fh
 
+    @local_op
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         entries = self._dir_handles.get(fh, [])
         for i in range(start_id, len(entries)):
@@ -278,6 +232,7 @@ class PlutoOperations(pyfuse3.Operations):
                 break
             node.lookups += 1  # readdirplus: each entry the kernel accepted is a lookup
 
+    @never_raises
     async def releasedir(self, fh: int) -> None:
         self._dir_handles.pop(fh, None)
 
@@ -472,6 +427,7 @@ class PlutoOperations(pyfuse3.Operations):
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None  # directory handles do not remember their node; a full sync covers it
 
+    @never_raises
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
         if h is None:

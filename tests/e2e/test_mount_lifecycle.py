@@ -1,0 +1,223 @@
+"""The mount's life: it never dies of an error it retries, durability calls do what they say,
+commands tell the truth about what stayed local, a damaged journal is refused and salvaged,
+and a home in use is locked. Real processes throughout (grid, `pluto mount`, the CLI).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from pluto_fs.home import Config, Home
+from pluto_fs.localgrid import LocalGrid, _child_env
+from pluto_fs.mount import is_mounted
+from pluto_fs.testing import MountedVolume, start_mounted_volume
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[MountedVolume]:
+    """A fresh grid and mount, with short network timeouts so failures come fast."""
+    vol = start_mounted_volume(tmp_path / "m", timeout=5.0)
+    try:
+        config = vol.home.config()
+        config.request_timeout = 2.0
+        vol.home.save_config(config)
+        vol.unmount()
+        vol.mount()
+        yield vol
+    finally:
+        vol.close()
+
+
+def _pluto(home: Home | Path, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    path = home.path if isinstance(home, Home) else home
+    return subprocess.run([sys.executable, "-m", "pluto_fs.cli", *args, "--home", str(path)],
+                          capture_output=True, text=True, env=_child_env(), timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _status(home: Home) -> dict:
+    res = _pluto(home, "status", "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def _eventually(check: Callable[[], T | None], what: str, timeout: float = 60.0, every: float = 0.2) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` (and the last value)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
+
+
+def _nothing_pending(vol: MountedVolume) -> dict | None:
+    s = _status(vol.home)
+    if s["mounted"] and s["pending_files"] == 0 and s["pending_folders"] == 0:
+        return s
+    return None
+
+
+def _assert_alive(vol: MountedVolume) -> None:
+    """The mount process still runs (else: what it logged last)."""
+    assert vol.proc is not None and vol.proc.poll() is None, \
+        "the mount process died:\n" + vol.log_path.read_text()[-3000:]
+
+
+def _problem(vol: MountedVolume, key: str) -> dict:
+    """The retried failure `key` in `pluto status --json` ({} if none), the mount checked alive first."""
+    _assert_alive(vol)
+    return _status(vol.home).get("problems", {}).get(key, {})
+
+
+def _one_line_error(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in text, f"expected one line, got:\n{text}"
+    return lines[0]
+
+
+# ---- 5. nothing escapes the mount's loops ------------------------------------------------------
+
+
+def test_the_mount_survives_losing_3_of_5_peers_while_writing_and_uploads_once_they_are_back(
+        mounted: MountedVolume) -> None:
+    (mounted.path / "before.bin").write_bytes(before := os.urandom(600_000))  # in packs, not inline
+    _eventually(lambda: _nothing_pending(mounted), "before.bin is stored")  # else its upload fails first
+    written: dict[str, bytes] = {}
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        # Small files (inline: they need no pack) and new folders, so folder publishing, not
+        # pack uploads, is what meets the lost peers.
+        i = 0
+        folder = mounted.path
+        while not stop.is_set():
+            try:
+                if i % 10 == 0:
+                    folder = mounted.path / f"d{i:04d}"
+                    folder.mkdir()
+                data = f"file {i} ".encode() * (1 + i % 50)
+                (folder / f"f{i:04d}").write_bytes(data)
+            except OSError as exc:
+                errors.append(f"after {i} files: {exc}")
+                return
+            written[str((folder / f"f{i:04d}").relative_to(mounted.path))] = data
+            i += 1
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        _eventually(lambda: len(written) >= 30 or errors, "the writer gets going")
+        for p in mounted.grid.storage[:3]:
+            p.kill()
+        at_kill = len(written)
+        # The first folder publishes after the kill fail (today's main ended the mount right there).
+        _eventually(lambda: len(written) >= at_kill + 60 or errors, "writes go on after the peers are lost")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
+    _assert_alive(mounted)
+    # A file stored in packs cannot be placed on 2 peers (4 needed): the write-back keeps failing.
+    (mounted.path / "during.bin").write_bytes(during := os.urandom(300_000))
+    written["during.bin"] = during
+    _eventually(lambda: _problem(mounted, "write_back").get("count", 0) >= 3,
+                "status shows the write-back retrying", timeout=60)
+    status = _status(mounted.home)
+    problem = status["problems"]["write_back"]
+    assert "peers" in problem["last"] and problem["since"] <= time.time(), problem
+    assert status["at_risk"] is True and status["pending_files"] >= 1
+    text = _pluto(mounted.home, "status").stdout
+    assert "write-back:" in text and "attempts failed since" in text and "will keep trying" in text, text
+    # it keeps serving: listing, reading and writing
+    assert (mounted.path / "before.bin").read_bytes() == before
+    (mounted.path / "while-degraded.txt").write_bytes(b"still accepted")
+    written["while-degraded.txt"] = b"still accepted"
+    assert len(os.listdir(mounted.path)) > 3
+    log = mounted.log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    retried = [line.split("): ", 1)[1] for line in log.splitlines() if "write-back will retry" in line]
+    assert retried and all(a != b for a, b in zip(retried, retried[1:])), f"logged every round: {retried}"
+
+    for i in range(3):
+        mounted.grid.restart_peer(i)
+    _eventually(lambda: _nothing_pending(mounted), "everything uploads once the peers are back", timeout=90)
+    assert "write_back" not in _status(mounted.home)["problems"]
+    mounted.remount_fresh()
+    assert (mounted.path / "before.bin").read_bytes() == before
+    for name, data in written.items():
+        assert (mounted.path / name).read_bytes() == data, name
+
+
+def test_local_disk_full_keeps_the_mount_up_and_uploads_resume_once_space_is_freed(tmp_path: Path) -> None:
+    home_dir = tmp_path / "m" / "home"
+    home_dir.mkdir(parents=True)
+    # The whole home (identity, packs.sqlite, cache files, journal) on a small disk of its own.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(home_dir)], check=True)
+    vol: MountedVolume | None = None
+    try:
+        vol = start_mounted_volume(tmp_path / "m", timeout=5.0)
+        config = vol.home.config()
+        config.request_timeout = 2.0
+        vol.home.save_config(config)
+        vol.unmount()
+        vol.mount()
+        filler = home_dir / "filler"
+        filler.write_bytes(b"\0" * (8 << 20))  # someone else's file on the same disk
+        for p in vol.grid.storage:
+            p.kill()  # nothing leaves the machine: what is written stays pending in the cache
+        kept: dict[str, bytes] = {}
+        full = None
+        for i in range(40):
+            name = f"f{i:02d}.bin"
+            data = os.urandom(1 << 20)
+            try:
+                (vol.path / name).write_bytes(data)
+            except OSError as exc:
+                full = (name, exc)
+                break
+            kept[name] = data
+        assert full is not None and full[1].errno in (errno.ENOSPC, errno.EIO), full
+        assert len(kept) >= 3, "the disk should have taken a few files before it was full"
+        for i in range(len(vol.grid.storage)):
+            vol.grid.restart_peer(i)
+        # The uploads now reach the peers but the journal cannot record it: retried, not fatal.
+        _eventually(lambda: "full" in _problem(vol, "write_back").get("last", ""),
+                    "status reports the disk-full write-back", timeout=90)
+        _assert_alive(vol)
+        assert (vol.path / "f00.bin").read_bytes() == kept["f00.bin"]  # still serving
+        partial = (vol.path / full[0]).read_bytes() if (vol.path / full[0]).exists() else None
+
+        filler.unlink()  # space is freed
+        _eventually(lambda: _nothing_pending(vol), "uploads resume once space is freed", timeout=90)
+        _assert_alive(vol)
+        assert "Traceback" not in vol.log_path.read_text()
+        vol.unmount()
+        vol.drop_cache()
+        vol.mount()
+        for name, data in kept.items():
+            assert (vol.path / name).read_bytes() == data, name
+        if partial is not None:  # the file whose write failed keeps what the mount had accepted
+            assert (vol.path / full[0]).read_bytes() == partial
+    finally:
+        if vol is not None:
+            vol.close()
+        subprocess.run(["umount", "-l", str(home_dir)], capture_output=True)
