@@ -719,6 +719,25 @@ class FsModel:
             d = d.parent
         await trio.to_thread.run_sync(self.journal.sync)
 
+    async def sync_dir(self, d: DirNode) -> None:
+        """fsync of a folder: its entries as they are now are on the network when this returns.
+
+        The data of dirty files directly in it is uploaded first, so their
+        entries can be published (a file whose data is not stored is left out
+        of a published version); then the folder and every changed folder
+        above it are published, and the journal is synced.
+        """
+        if d.parent is None and d is not self.root:
+            return  # removed: nothing links it any more
+        if d.children is not None:
+            await self.upload_files([n for n in d.children.values() if isinstance(n, FileNode) and n.dirty])
+        node: DirNode | None = d
+        while node is not None:
+            if node.dirty or node.new:
+                await self.publish(node)
+            node = node.parent
+        await trio.to_thread.run_sync(self.journal.sync)
+
     async def flush_all(self) -> None:
         """Upload every dirty file and publish every changed directory (unmount, `sync`)."""
         for _ in range(5):

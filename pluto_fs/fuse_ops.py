@@ -52,6 +52,14 @@ class Handle:
     writable: bool
 
 
+@dataclass
+class DirHandle:
+    """An open directory: its node (fsyncdir publishes it) and the listing taken at opendir."""
+
+    node: DirNode
+    listing: list[tuple[bytes, Node]]
+
+
 class PlutoOperations(pyfuse3.Operations):
     """The FUSE front of a mounted volume."""
 
@@ -64,7 +72,7 @@ class PlutoOperations(pyfuse3.Operations):
         self.op_timeout = op_timeout
         self.statfs_source = statfs_source
         self._handles: dict[int, Handle] = {}
-        self._dir_handles: dict[int, list[tuple[bytes, Node]]] = {}
+        self._dir_handles: dict[int, DirHandle] = {}
         self._next_fh = 1
 
     # ---- helpers -----------------------------------------------------------------
@@ -220,12 +228,13 @@ class PlutoOperations(pyfuse3.Operations):
         fh = self._fh()
         listing = [(b".", d), (b"..", d.parent or d)]
         listing += sorted(((n.name.encode(), n) for n in kids.values()), key=lambda x: x[0])
-        self._dir_handles[fh] = listing
+        self._dir_handles[fh] = DirHandle(d, listing)
         return fh
 
     @local_op
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self._dir_handles.get(fh, [])
+        h = self._dir_handles.get(fh)
+        entries = h.listing if h is not None else []
         for i in range(start_id, len(entries)):
             name, node = entries[i]
             if not pyfuse3.readdir_reply(token, name, self.attrs(node), i + 1):
@@ -423,9 +432,14 @@ class PlutoOperations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.model.sync_path(self._handles[fh].node)
 
-    @fuse_errors
+    @functools.partial(fuse_errors, bounded=False)
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # directory handles do not remember their node; a full sync covers it
+        # Like fsync: returns once the folder's entries (renames, removals, new files with their
+        # data) are published, or fails; every network wait inside is bounded by the RPC timeouts.
+        h = self._dir_handles.get(fh)
+        if h is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        await self.model.sync_dir(h.node)
 
     @never_raises
     async def release(self, fh: int) -> None:

@@ -221,3 +221,28 @@ def test_local_disk_full_keeps_the_mount_up_and_uploads_resume_once_space_is_fre
         if vol is not None:
             vol.close()
         subprocess.run(["umount", "-l", str(home_dir)], capture_output=True)
+
+
+# ---- 6. durability calls and the commands that report them -----------------------------------------
+
+
+def test_fsync_of_a_folder_publishes_renames_unlinks_and_new_files_before_it_returns(mounted: MountedVolume) -> None:
+    d = mounted.path / "docs"
+    d.mkdir()
+    (d / "draft.txt").write_bytes(b"the text")
+    (d / "old.txt").write_bytes(b"obsolete")
+    _eventually(lambda: _nothing_pending(mounted), "the first versions are published")
+    os.rename(d / "draft.txt", d / "final.txt")
+    os.unlink(d / "old.txt")
+    (d / "new.txt").write_bytes(b"never fsync'd as a file")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    mounted.kill()  # right after fsync(dir) returned: nothing else had the time to publish
+    mounted.drop_cache()  # and this machine is gone: only the peers remain
+    mounted.mount()
+    assert sorted(os.listdir(d)) == ["final.txt", "new.txt"]
+    assert (d / "final.txt").read_bytes() == b"the text"
+    assert (d / "new.txt").read_bytes() == b"never fsync'd as a file"
