@@ -17,7 +17,9 @@ import trio
 
 from .errors import HomeError, PlutoError
 from .home import Config, Home, home_path
+from .journal_state import JournalDamaged, LocalChanges, read_local_changes
 from .mount import MountOptions, is_mounted, pid_file, run_mount
+from .risk import PeerCounts, assess, at_risk
 from .units import format_size
 
 if TYPE_CHECKING:
@@ -31,6 +33,15 @@ def _check_mountpoint(path: Path) -> None:
         raise HomeError(f"mountpoint {path} is not a directory; create it first (mkdir -p {path})")
     if is_mounted(path):
         raise HomeError(f"{path} is already mounted; run `pluto unmount {path}` first")
+
+
+def _left_behind(left: LocalChanges, next_time: str) -> int:
+    """Exit status after a final upload: 0 if nothing stayed local, else 1 and one line saying what did."""
+    if left.empty():
+        return 0
+    print(f"pluto: {left.describe()} {left.verb()} still only on this machine; {next_time} "
+          "(`pluto status` lists what is waiting)", file=sys.stderr)
+    return 1
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -61,8 +72,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         proc.terminate()
         raise PlutoError(f"mount did not come up within 60 s; see {log_path}")
     opts = MountOptions(mountpoint, allow_other=args.allow_other, op_timeout=args.timeout)
-    trio.run(run_mount, home, opts, args.coordinator)
-    return 0
+    left = trio.run(run_mount, home, opts, args.coordinator)
+    return _left_behind(left, "uploading resumes at the next `pluto mount`")
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:
@@ -80,13 +91,18 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         if _alive(pid):
             raise PlutoError(f"the mount process {pid} is still uploading after {args.wait:g} s; "
                              "it will finish on its own (or run `pluto unmount` again)")
-        return 0
+        return _report_local(home)
     if not is_mounted(mountpoint):
         raise HomeError(f"{mountpoint} is not mounted")
     res = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if res.returncode != 0:
         raise PlutoError(f"fusermount3 could not unmount {mountpoint}: {res.stderr.strip()}")
-    return 0
+    return _report_local(home)
+
+
+def _report_local(home: Home) -> int:
+    """After the mount process is gone: 0 if the journal holds nothing, else say what stayed local, 1."""
+    return _left_behind(read_local_changes(home), "uploading resumes at the next `pluto mount`")
 
 
 def _alive(pid: int) -> bool:
@@ -148,6 +164,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = home.config()
     info = _status_file(home)
     mount_alive = bool(info) and _alive(info.get("pid", 0))
+    # What only this machine holds: the running mount's own figures, else the journal (read-only).
+    local, local_problem = LocalChanges(), None
+    if mount_alive:
+        local = LocalChanges(info.get("pending_files", 0), info.get("pending_bytes", 0), info.get("pending_folders", 0))
+    else:
+        try:
+            local = read_local_changes(home)
+        except PlutoError as exc:
+            local_problem = str(exc)
 
     async def peers() -> tuple[list, object]:
         from transport.coordinator_client import CoordinatorClient
@@ -172,9 +197,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = {
         "mounted": mount_alive,
         "mountpoint": info.get("mountpoint") if mount_alive else None,
-        "pending_files": info.get("pending_files", 0) if mount_alive else 0,
-        "pending_bytes": info.get("pending_bytes", 0) if mount_alive else 0,
-        "pending_folders": info.get("pending_folders", 0) if mount_alive else 0,
+        "pending_files": local.files,  # when not mounted: what the journal holds
+        "pending_bytes": local.bytes,
+        "pending_folders": local.folders,
+        "journal_error": local_problem,
         "uploaded_bytes": info.get("uploaded_bytes", 0) if mount_alive else 0,
         # peers the mount saw fail or fall silent in the last minute: its reads ask them last
         "slow_peers": info.get("slow_peers", []) if mount_alive else [],
@@ -198,22 +224,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                    "offline_for": p.offline_for, "disqualified": p.disqualified, "uptime": p.uptime,
                    "reputation": p.reputation, "free": p.free} for p in records],
     }
-    lost_tolerance = config.n - config.k
-    down = len(offline) + len(lost)
-    status["at_risk"] = down > 0
-    if len(alive) < config.k:
-        risk = "unreadable: fewer peers than k are up"
-    elif down:
-        parts = []
-        if offline:
-            parts.append(f"{len(offline)} peer(s) offline (their data still counts until {_duration(grace)} "
-                         "away, unless a pack is one loss from unreadable)")
-        if lost:
-            parts.append(f"{len(lost)} peer(s) lost (what they held is rebuilt on other peers)")
-        risk = "; ".join(parts) + f": data stays readable while at most {lost_tolerance} of each pack's {config.n} are away"
-    else:
-        risk = "none"
+    counts = None if peer_error else PeerCounts(len(alive), len(offline), len(lost))
+    risk = assess(counts, config.k, config.n, _duration(grace), local,
+                  "the upload journal cannot be read: changes not uploaded may be only on this machine"
+                  if local_problem else None)
     status["risk"] = risk
+    status["at_risk"] = at_risk(risk)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -233,7 +249,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         for key, problem in status["problems"].items():
             print(_problem_text(key, problem))
     else:
-        print("not mounted (nothing uploading)")
+        gone = info.get("mountpoint") if info else None
+        if gone and is_mounted(Path(gone)):
+            print(f"the mount process ended without unmounting {gone}: run `pluto unmount {gone}`")
+        if local_problem:
+            print(f"not mounted; {local_problem}")
+        elif local.empty():
+            print("not mounted (nothing waiting to upload)")
+        else:
+            print(f"not mounted: {local.describe()} {local.verb()} only on this machine (in the journal); "
+                  "uploading resumes at the next `pluto mount`")
     print(f"device id: {status['device_id']}  (give it to `pluto serve --owner` to earn space)")
     if allowance is not None:
         print(f"storage exchange: offered {format_size(allowance.offered)}, "

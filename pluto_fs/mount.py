@@ -29,6 +29,7 @@ from .fsmodel import FsModel
 from .fuse_ops import PlutoOperations
 from .home import Home
 from .journal import Journal
+from .journal_state import LocalChanges
 from .malloc_tuning import tune_malloc
 from .retrying import EXPECTED, Problems, Retrying, describe, leaf_errors
 from .volume import Volume, open_volume
@@ -224,8 +225,12 @@ async def _status_loop(home: Home, model: FsModel, volume: Volume, mountpoint: P
 
 
 async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = None,
-                    *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    """Mount and serve until a signal or an external unmount; flush before returning."""
+                    *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> LocalChanges:
+    """Mount and serve until a signal or an external unmount; upload what is pending, then unmount.
+
+    Returns what is still only on this machine after that final upload
+    (empty when everything reached the network).
+    """
     tune_malloc()  # before the worker threads that would each get an arena exist
     journal = Journal(home.cache / "journal.sqlite")
     try:
@@ -288,6 +293,8 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
                             log.warning("could not write the status file: %s", exc)
                 finally:
                     pyfuse3.close(unmount=not unmounted)
+            files, size, dirs = model.pending()
+            return LocalChanges(files, size, dirs)
     finally:
         journal.close()
         pid_file(home).unlink(missing_ok=True)

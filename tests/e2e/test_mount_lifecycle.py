@@ -203,6 +203,7 @@ def test_local_disk_full_keeps_the_mount_up_and_uploads_resume_once_space_is_fre
         _eventually(lambda: "full" in _problem(vol, "write_back").get("last", ""),
                     "status reports the disk-full write-back", timeout=90)
         _assert_alive(vol)
+        assert _status(vol.home)["at_risk"] is True
         assert (vol.path / "f00.bin").read_bytes() == kept["f00.bin"]  # still serving
         partial = (vol.path / full[0]).read_bytes() if (vol.path / full[0]).exists() else None
 
@@ -246,3 +247,49 @@ def test_fsync_of_a_folder_publishes_renames_unlinks_and_new_files_before_it_ret
     assert sorted(os.listdir(d)) == ["final.txt", "new.txt"]
     assert (d / "final.txt").read_bytes() == b"the text"
     assert (d / "new.txt").read_bytes() == b"never fsync'd as a file"
+
+
+def test_unmount_and_status_say_what_stayed_local_when_no_peer_is_up(mounted: MountedVolume, tmp_path: Path) -> None:
+    home = mounted.home
+    mounted.unmount()
+    mnt = mounted.path
+    res = _pluto(home, "mount", str(mnt), "--timeout", "5")  # in the background, as a person would
+    assert res.returncode == 0, res.stderr
+    try:
+        (mnt / "photos").mkdir()
+        (mnt / "photos" / "cat.jpg").write_bytes(b"meow" * 5000)
+        for p in mounted.grid.storage:
+            p.kill()
+        res = _pluto(home, "unmount", str(mnt), "--wait", "120")
+        assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
+        assert "1 file" in res.stderr and "still only on this machine" in res.stderr, res.stderr
+        assert not is_mounted(mnt)
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+    s = _status(home)  # not mounted: the journal is the truth
+    assert s["mounted"] is False
+    assert s["pending_files"] == 1 and s["pending_bytes"] == 20000 and s["pending_folders"] >= 1, s
+    assert s["at_risk"] is True and s["risk"] != "none"
+    text = _pluto(home, "status").stdout
+    assert "only on this machine" in text and "nothing uploading" not in text, text
+
+    # after kill -9 of the mount, too
+    for i in range(len(mounted.grid.storage)):
+        mounted.grid.restart_peer(i)
+    mounted.mount()
+    for p in mounted.grid.storage:
+        p.kill()
+    (mnt / "photos" / "dog.jpg").write_bytes(b"woof" * 100)
+    mounted.kill()
+    s = _status(home)  # cat.jpg may have uploaded before the peers went: dog.jpg cannot have
+    assert s["mounted"] is False and s["pending_files"] >= 1 and s["pending_bytes"] >= 400, s
+    assert s["at_risk"] is True, s
+
+    # fewer than k peers up, and then no coordinator either: at_risk always agrees with risk
+    s = _eventually(lambda: (s := _status(home))["peers_alive"] < 3 and s, "the coordinator sees the peers gone")
+    assert s["risk"].startswith("unreadable") and s["at_risk"] is True, s
+    mounted.grid.coordinator.stop()
+    s = _status(home)
+    assert s["risk"] != "none" and s["at_risk"] is True, s
