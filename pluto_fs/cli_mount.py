@@ -318,10 +318,6 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A coordinator, N peers and a mount on loopback, in the foreground."""
-    from cryptree.identity import new_seed, seed_to_phrase
-
-    from .localgrid import GridError, LocalGrid
-
     state = Path(args.state).resolve()
     mountpoint = Path(args.mountpoint).resolve()
     mountpoint.mkdir(parents=True, exist_ok=True)
@@ -329,8 +325,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.peers <= 32:
         raise HomeError("--peers must be from 1 to 32")
     home = Home(state / "home")
+    left = _run_demo(args, state, mountpoint, home)
+    return _left_behind(left, "uploading resumes when you run `pluto demo` again with the same --state")
+
+
+def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Home) -> LocalChanges:
+    from cryptree.identity import new_seed, seed_to_phrase
+
+    from .localgrid import GridError, LocalGrid
+
+    # The grid runs in sessions of its own, so the terminal's Ctrl-C (SIGINT to the foreground
+    # process group) reaches only this process: it uploads what is pending while the peers are
+    # still up, unmounts, and only then stops them. They stop too if this process dies.
     grid = LocalGrid(state / "grid", peers=args.peers, capacity=args.capacity, heartbeat=2.0, log_level="warning",
-                     owner=home.device_id())
+                     owner=home.device_id(), die_with_parent=True)
     try:
         grid.start()
     except GridError as exc:
@@ -348,19 +356,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
             config.coordinator = grid.coordinator.address
             home.save_config(config)
         print(f"coordinator {grid.coordinator.address}, {args.peers} storage peers, state in {state}")
-        print(f"mounting on {mountpoint} — Ctrl-C unmounts and stops everything")
+        print(f"mounting on {mountpoint} — Ctrl-C uploads what is pending, unmounts and stops everything")
         sys.stdout.flush()
         opts = MountOptions(mountpoint, allow_other=args.allow_other, op_timeout=args.timeout)
 
-        async def main() -> None:
+        async def main() -> LocalChanges:
             await _wait_for_peers(home, min(args.peers, n))
-            await run_mount(home, opts)
+            return await run_mount(home, opts)
 
-        trio.run(main)
+        left = trio.run(main)
         print("unmounted; stopping the grid")
+        return left
     finally:
         grid.stop()
-    return 0
 
 
 async def _wait_for_peers(home: Home, want: int) -> None:

@@ -2,9 +2,9 @@
 
 Lifecycle: open the volume and the journal → resume whatever the journal says
 is pending → mount → serve requests while a background task uploads closed
-files and publishes changed folders → on SIGINT/SIGTERM or `pluto unmount`,
-flush everything, then unmount. The mount process writes a small status file
-(`cache/mount.json`) that `pluto status` reads.
+files and publishes changed folders → on SIGINT/SIGTERM/SIGHUP or `pluto
+unmount`, flush everything, then unmount. The mount process writes a small
+status file (`cache/mount.json`) that `pluto status` reads.
 
 No error ends the background loops (pluto_fs/retrying.py): each failure is
 retried with backoff, logged when it is news, and counted in the status file
@@ -267,7 +267,8 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
                                        problems.loop("audit", "background audit", max_delay=3600))
 
                     async def stop_on_signal() -> None:
-                        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        # SIGHUP too: closing the terminal of a foreground mount uploads and unmounts.
+                        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                             async for _ in signals:
                                 log.info("stopping: uploading what is pending, then unmounting")
                                 nursery.cancel_scope.cancel()

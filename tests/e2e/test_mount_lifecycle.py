@@ -293,3 +293,39 @@ def test_unmount_and_status_say_what_stayed_local_when_no_peer_is_up(mounted: Mo
     mounted.grid.coordinator.stop()
     s = _status(home)
     assert s["risk"] != "none" and s["at_risk"] is True, s
+
+
+def test_ctrl_c_on_demo_uploads_what_is_pending_before_the_grid_stops(tmp_path: Path) -> None:
+    state, mnt = tmp_path / "demo", tmp_path / "mnt"
+
+    def run_demo() -> subprocess.Popen:
+        out = open(tmp_path / "demo.out", "ab")
+        # Its own session, like a shell job: SIGINT to its process group is what Ctrl-C sends.
+        proc = subprocess.Popen([sys.executable, "-m", "pluto_fs.cli", "demo", str(mnt), "--state", str(state),
+                                 "--timeout", "10", "--capacity", "1G"], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=out, env=_child_env(), start_new_session=True)
+        out.close()
+        _eventually(lambda: is_mounted(mnt) or proc.poll() is not None, "the demo mounts", timeout=120)
+        assert proc.poll() is None, (tmp_path / "demo.out").read_text()[-3000:]
+        return proc
+
+    def ctrl_c(proc: subprocess.Popen) -> int:
+        os.killpg(proc.pid, signal.SIGINT)
+        return proc.wait(180)
+
+    proc = run_demo()
+    try:
+        (mnt / "note.txt").write_bytes(b"written just before Ctrl-C")  # not fsync'd: the final upload saves it
+        rc = ctrl_c(proc)
+        assert rc == 0, (tmp_path / "demo.out").read_text()[-3000:]
+        assert not is_mounted(mnt)
+        shutil.rmtree(state / "home" / "cache")  # only the peers can bring it back now
+        proc = run_demo()
+        assert (mnt / "note.txt").read_bytes() == b"written just before Ctrl-C"
+        assert ctrl_c(proc) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
