@@ -2,8 +2,8 @@
 
 `pluto status` and `pluto unmount` read the journal whether or not a mount
 runs, read-only: they never create, migrate or lock it (SQLite's WAL lets
-them read while the mount writes). A journal that cannot be
-trusted is reported as damaged:
+them read while the mount writes). The mount opens it through
+`open_journal`, which refuses a damaged one before anything is lost:
 
 - garbage bytes or a damaged database (sqlite3.DatabaseError, or a failed
   quick_check);
@@ -12,8 +12,10 @@ trusted is reported as damaged:
   drop every cache file as stale, pending ones included. A journal SQLite
   wrote is never 0 bytes (its first page is written when WAL mode is set).
 
-Either way the message is one line: the data on the peers is safe, and how
-many local files may hold changes.
+Either way the refusal is one line: the data on the peers is safe, how many
+local files may hold changes, and the recovery command (`pluto salvage`,
+pluto_fs/salvage.py). A cache file is deleted only when a readable journal
+says it is not pending.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from .errors import PlutoError
 from .home import Home
+from .journal import Journal
 from .units import format_size
 
 JOURNAL_NAME = "journal.sqlite"
@@ -31,7 +34,7 @@ FILES_DIR = "files"
 
 
 class JournalDamaged(PlutoError):
-    """The upload journal cannot be trusted."""
+    """The upload journal cannot be trusted; `pluto salvage` keeps what it may have held."""
 
 
 def journal_path(home: Home) -> Path:
@@ -88,7 +91,9 @@ def _damaged(home: Home, what: str) -> JournalDamaged:
     local = (f"{_plural(len(held), 'local file')} ({format_size(size)}) may hold changes not uploaded yet"
              if held else "no local file holds data")
     return JournalDamaged(
-        f"the upload journal {journal_path(home)} {what}. What is on the peers is safe; {local}"
+        f"the upload journal {journal_path(home)} {what}. What is on the peers is safe; {local}. "
+        f"Run `pluto salvage --home {home.path}`: it keeps them under salvaged/ in that home and starts a "
+        "fresh journal (docs/MOUNT.md, \"A damaged journal\")"
     )
 
 
@@ -135,3 +140,21 @@ def read_local_changes(home: Home) -> LocalChanges:
             continue  # no local copy: nothing this machine could still upload
         files += 1
     return LocalChanges(files, size, folders)
+
+
+def open_journal(home: Home) -> Journal:
+    """The mount's journal, opened for writing; JournalDamaged (one line, with the recovery) if damaged."""
+    path = home.cache / JOURNAL_NAME
+    if _empty_or_missing(home) and cache_files_with_data(home):
+        raise _damaged(home, "is empty or missing")
+    try:
+        journal = Journal(path)
+    except sqlite3.Error as exc:
+        if _is_damage(exc):
+            raise _damaged(home, f"is damaged ({exc})") from None
+        raise PlutoError(f"cannot open the upload journal {path}: {exc}") from None
+    problem = journal.integrity_problem()
+    if problem is not None:
+        journal.close()
+        raise _damaged(home, f"is damaged ({problem})")
+    return journal

@@ -28,8 +28,7 @@ import trio
 from .fsmodel import FsModel
 from .fuse_ops import PlutoOperations
 from .home import Home
-from .journal import Journal
-from .journal_state import LocalChanges
+from .journal_state import LocalChanges, open_journal
 from .malloc_tuning import tune_malloc
 from .retrying import EXPECTED, Problems, Retrying, describe, leaf_errors
 from .volume import Volume, open_volume
@@ -232,7 +231,7 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
     (empty when everything reached the network).
     """
     tune_malloc()  # before the worker threads that would each get an arena exist
-    journal = Journal(home.cache / "journal.sqlite")
+    journal = open_journal(home)  # a damaged journal is refused here, before a cache file is touched
     try:
         async with open_volume(home, coordinator) as volume:
             from .social import shares_for_mount

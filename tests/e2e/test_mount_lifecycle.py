@@ -329,3 +329,75 @@ def test_ctrl_c_on_demo_uploads_what_is_pending_before_the_grid_stops(tmp_path: 
             proc.wait()
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+
+# ---- journal damage --------------------------------------------------------------------------------
+
+
+def _leave_a_pending_file(vol: MountedVolume, name: str, data: bytes, crash: bool) -> Path:
+    """Write `name` with no peer to upload it to, then unmount (or kill -9); return its cache file."""
+    for p in vol.grid.storage:
+        p.kill()
+    assert len(data) > 2048, "bigger than a file stored inline in its folder: it needs the peers"
+    (vol.path / name).write_bytes(data)
+    vol.kill() if crash else vol.unmount()
+    files = [f for f in (vol.home.cache / "files").iterdir() if f.read_bytes() == data]
+    assert len(files) == 1
+    for i in range(len(vol.grid.storage)):
+        vol.grid.restart_peer(i)
+    return files[0]
+
+
+def _mount_refused(vol: MountedVolume) -> str:
+    """Mount, expect the process to exit; return its one error line (the log holds no traceback)."""
+    with pytest.raises(RuntimeError):
+        vol.mount()
+    log = vol.log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    lines = [line for line in log.strip().splitlines() if line.startswith("pluto: ")]
+    assert lines, log[-3000:]
+    return lines[-1]
+
+
+def test_a_journal_of_garbage_bytes_is_refused_with_one_line_and_salvaged(mounted: MountedVolume) -> None:
+    (mounted.path / "safe.txt").write_bytes(b"on the peers")
+    _eventually(lambda: _nothing_pending(mounted), "safe.txt is published")
+    # A clean exit (the upload failed: the file stays pending) closes the journal, so SQLite
+    # removes its WAL: the garbage below is all there is.
+    cache_file = _leave_a_pending_file(mounted, "local.txt", b"only here" * 1000, crash=False)
+    journal = mounted.home.cache / "journal.sqlite"
+    assert not (mounted.home.cache / "journal.sqlite-wal").exists()
+    journal.write_bytes(os.urandom(8192))
+    message = _mount_refused(mounted)
+    assert "damaged" in message and "pluto salvage" in message and "safe" in message, message
+    assert cache_file.exists()
+
+    res = _pluto(mounted.home, "salvage")
+    assert res.returncode == 0, res.stderr
+    salvaged = [p for p in (mounted.home.path / "salvaged").rglob("*") if p.is_file()]
+    # Garbage cannot say which local copy is pending: every one is kept, none deleted.
+    assert sorted(p.read_bytes() for p in salvaged) == [b"on the peers", b"only here" * 1000], salvaged
+    assert list(mounted.home.cache.glob("journal.sqlite.damaged-*")), "the damaged journal is kept aside"
+    mounted.mount()  # a fresh journal: what the peers hold is all there
+    assert sorted(os.listdir(mounted.path)) == ["safe.txt"]
+    assert (mounted.path / "safe.txt").read_bytes() == b"on the peers"
+
+
+def test_an_emptied_journal_with_a_pending_file_is_refused_and_salvage_keeps_its_bytes(
+        mounted: MountedVolume) -> None:
+    cache_file = _leave_a_pending_file(mounted, "pending.txt", b"not uploaded yet" * 500, crash=True)
+    journal = mounted.home.cache / "journal.sqlite"
+    journal.write_bytes(b"")  # truncated to 0 bytes (SQLite would open it as a new database)
+    for extra in ("journal.sqlite-wal", "journal.sqlite-shm"):
+        (mounted.home.cache / extra).unlink(missing_ok=True)
+    message = _mount_refused(mounted)
+    assert "1 local file" in message and "pluto salvage" in message, message
+    assert cache_file.read_bytes() == b"not uploaded yet" * 500, "the cache copy must survive"
+
+    res = _pluto(mounted.home, "salvage")
+    assert res.returncode == 0, res.stderr
+    assert "salvaged" in res.stdout, res.stdout
+    salvaged = [p for p in (mounted.home.path / "salvaged").rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in salvaged] == [b"not uploaded yet" * 500], salvaged
+    mounted.mount()
+    assert os.listdir(mounted.path) == []
