@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from . import home_lock
 from .errors import HomeError, PlutoError
 from .home import Config, Home, home_path
 from .journal_state import JournalDamaged, LocalChanges, read_local_changes
@@ -49,6 +50,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     home = Home(home_path(args.home))
     home.config()  # a clear error now rather than from the background process
     mountpoint = Path(args.mountpoint).resolve()
+    home_lock.check_free(home)  # before the mountpoint: "in use by the mount on X" says more than "X is mounted"
     _check_mountpoint(mountpoint)
     if not args.foreground:
         argv = [sys.executable, "-m", "pluto_fs.cli", "--log-level", args.log_level, "mount", "-f",
@@ -72,7 +74,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         proc.terminate()
         raise PlutoError(f"mount did not come up within 60 s; see {log_path}")
     opts = MountOptions(mountpoint, allow_other=args.allow_other, op_timeout=args.timeout)
-    left = trio.run(run_mount, home, opts, args.coordinator)
+    with home_lock.hold(home, "mount", mountpoint):
+        left = trio.run(run_mount, home, opts, args.coordinator)
     return _left_behind(left, "uploading resumes at the next `pluto mount`")
 
 
@@ -325,7 +328,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.peers <= 32:
         raise HomeError("--peers must be from 1 to 32")
     home = Home(state / "home")
-    left = _run_demo(args, state, mountpoint, home)
+    with home_lock.hold(home, "demo", mountpoint):
+        left = _run_demo(args, state, mountpoint, home)
     return _left_behind(left, "uploading resumes when you run `pluto demo` again with the same --state")
 
 

@@ -228,7 +228,8 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
     """Mount and serve until a signal or an external unmount; upload what is pending, then unmount.
 
     Returns what is still only on this machine after that final upload
-    (empty when everything reached the network).
+    (empty when everything reached the network). The caller holds the home
+    lock (pluto_fs/home_lock.py).
     """
     tune_malloc()  # before the worker threads that would each get an arena exist
     journal = open_journal(home)  # a damaged journal is refused here, before a cache file is touched

@@ -4,18 +4,19 @@ The mount refuses a damaged journal (pluto_fs/journal_state.py) because the
 journal is the only record of which local cache files hold changes the
 network does not have. Salvage keeps every one of them; nothing is deleted:
 
-1. read what the damaged journal can still tell, read-only: which cache
+1. take the home lock (never while a mount runs);
+2. read what the damaged journal can still tell, read-only: which cache
    files are pending, and under which path (a folder's journaled entries
    name its child folders, so a path is known up to the first folder the
    journal has no row for);
-2. move every cache file to HOME/salvaged/<time>/: pending ones under their
+3. move every cache file to HOME/salvaged/<time>/: pending ones under their
    path when it is known, the others under by-cache-id/<id>; then fsync
    the folders it created. A crash here leaves some files moved and the
    journal still damaged, so the mount still refuses and running salvage
    again moves the rest;
-3. set the damaged journal aside (journal.sqlite.damaged-<time>, with its
+4. set the damaged journal aside (journal.sqlite.damaged-<time>, with its
    -wal and -shm, so SQLite can still open it for anyone who wants to look);
-4. create a fresh, empty journal.
+5. create a fresh, empty journal.
 
 What is on the peers was never at risk: `pluto mount` shows it as it was
 last published. Copy back from salvaged/ what you need.
@@ -36,6 +37,7 @@ import cbor2
 
 from cryptree.caps import parse_cap
 
+from . import home_lock
 from .errors import PlutoError
 from .home import Home, home_path
 from .journal import Journal
@@ -147,7 +149,8 @@ def _fsync_dirs(root: Path) -> None:
 
 def salvage(home: Home) -> SalvageReport | None:
     """Keep every local cache file in HOME/salvaged/ and start a fresh journal; None if the journal is sound."""
-    return _salvage(home)
+    with home_lock.hold(home, "salvage"):  # never under a running mount
+        return _salvage(home)
 
 
 def _salvage(home: Home) -> SalvageReport | None:
@@ -216,6 +219,6 @@ def add_commands(sub: argparse._SubParsersAction, home_help: str) -> None:
         "salvage", help="after a damaged upload journal: keep the local files it may have held, start afresh",
         description="Moves every local cache file to HOME/salvaged/<time>/ (named by its path where the damaged "
                     "journal can still tell), sets the damaged journal aside and starts a fresh one. Nothing is "
-                    "deleted. Run it only while the home is not mounted. Exit 0 when done or when there is nothing to salvage, 1 when it failed.")
+                    "deleted. Exit 0 when done or when there is nothing to salvage, 1 when it failed.")
     p.add_argument("--home", metavar="DIR", help=home_help)
     p.set_defaults(func=cmd_salvage)

@@ -401,3 +401,34 @@ def test_an_emptied_journal_with_a_pending_file_is_refused_and_salvage_keeps_its
     assert [p.read_bytes() for p in salvaged] == [b"not uploaded yet" * 500], salvaged
     mounted.mount()
     assert os.listdir(mounted.path) == []
+
+
+# ---- the home lock ---------------------------------------------------------------------------------
+
+
+def test_a_home_in_use_refuses_a_second_mount_and_writing_commands(mounted: MountedVolume, tmp_path: Path) -> None:
+    (mounted.path / "hello.txt").write_bytes(b"hi")
+    _eventually(lambda: _nothing_pending(mounted), "hello.txt is published")
+    other = tmp_path / "other-mnt"
+    other.mkdir()
+    pid = mounted.proc.pid if mounted.proc else 0
+    try:
+        for argv in (["mount", str(other)], ["mount", "-f", str(other)]):
+            res = _pluto(mounted.home, *argv, timeout=60)
+            assert res.returncode == 1, (argv, res.stdout, res.stderr)
+            line = _one_line_error(res.stderr)
+            assert f"pid {pid}" in line and str(mounted.path) in line and "pluto mount" in line, line
+            assert not is_mounted(other)
+    finally:
+        if is_mounted(other):  # a second mount that should not have happened: its process exits once unmounted
+            subprocess.run(["fusermount3", "-u", "-z", str(other)], capture_output=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    res = _pluto(mounted.home, "put", str(src), "/")
+    assert res.returncode == 1 and f"pid {pid}" in _one_line_error(res.stderr), res.stderr
+    res = _pluto(mounted.home, "ls", "/")  # reading still works
+    assert res.returncode == 0 and "hello.txt" in res.stdout, res.stderr
+    mounted.unmount()
+    res = _pluto(mounted.home, "put", str(src), "/")  # and once unmounted, writing does too
+    assert res.returncode == 0, res.stderr
