@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -203,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_social import add_commands as add_social_commands
 
     add_social_commands(sub, "state directory (default: $PLUTO_HOME or ~/.pluto)")
+    from .salvage import add_commands as add_salvage_commands
+
+    add_salvage_commands(sub, "state directory (default: $PLUTO_HOME or ~/.pluto)")
     return parser
 
 
@@ -244,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as exc:
         print(f"pluto: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
+        return EXIT_FAILED
+    except sqlite3.Error as exc:  # a local database (pack log, journal) that cannot be used
+        print(f"pluto: a local database in the home failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: still one line; the traceback with --log-level debug
+        logging.getLogger("pluto").debug("unexpected error", exc_info=exc)
+        print(f"pluto: unexpected error (a bug, please report it): {type(exc).__name__}: {exc}; "
+              "run with --log-level debug for details", file=sys.stderr)
         return EXIT_FAILED
 
 

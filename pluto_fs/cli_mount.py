@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from . import home_lock
 from .errors import HomeError, PlutoError
 from .home import Config, Home, home_path
+from .journal_state import JournalDamaged, LocalChanges, read_local_changes
 from .mount import MountOptions, is_mounted, pid_file, run_mount
+from .risk import PeerCounts, assess, at_risk
 from .units import format_size
 
 if TYPE_CHECKING:
@@ -33,11 +36,21 @@ def _check_mountpoint(path: Path) -> None:
         raise HomeError(f"{path} is already mounted; run `pluto unmount {path}` first")
 
 
+def _left_behind(left: LocalChanges, next_time: str) -> int:
+    """Exit status after a final upload: 0 if nothing stayed local, else 1 and one line saying what did."""
+    if left.empty():
+        return 0
+    print(f"pluto: {left.describe()} {left.verb()} still only on this machine; {next_time} "
+          "(`pluto status` lists what is waiting)", file=sys.stderr)
+    return 1
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     """Mount the volume (in the background unless -f)."""
     home = Home(home_path(args.home))
     home.config()  # a clear error now rather than from the background process
     mountpoint = Path(args.mountpoint).resolve()
+    home_lock.check_free(home)  # before the mountpoint: "in use by the mount on X" says more than "X is mounted"
     _check_mountpoint(mountpoint)
     if not args.foreground:
         argv = [sys.executable, "-m", "pluto_fs.cli", "--log-level", args.log_level, "mount", "-f",
@@ -61,8 +74,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         proc.terminate()
         raise PlutoError(f"mount did not come up within 60 s; see {log_path}")
     opts = MountOptions(mountpoint, allow_other=args.allow_other, op_timeout=args.timeout)
-    trio.run(run_mount, home, opts, args.coordinator)
-    return 0
+    with home_lock.hold(home, "mount", mountpoint):
+        left = trio.run(run_mount, home, opts, args.coordinator)
+    return _left_behind(left, "uploading resumes at the next `pluto mount`")
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:
@@ -80,13 +94,18 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         if _alive(pid):
             raise PlutoError(f"the mount process {pid} is still uploading after {args.wait:g} s; "
                              "it will finish on its own (or run `pluto unmount` again)")
-        return 0
+        return _report_local(home)
     if not is_mounted(mountpoint):
         raise HomeError(f"{mountpoint} is not mounted")
     res = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if res.returncode != 0:
         raise PlutoError(f"fusermount3 could not unmount {mountpoint}: {res.stderr.strip()}")
-    return 0
+    return _report_local(home)
+
+
+def _report_local(home: Home) -> int:
+    """After the mount process is gone: 0 if the journal holds nothing, else say what stayed local, 1."""
+    return _left_behind(read_local_changes(home), "uploading resumes at the next `pluto mount`")
 
 
 def _alive(pid: int) -> bool:
@@ -98,10 +117,16 @@ def _alive(pid: int) -> bool:
 
 
 def _status_file(home: Home) -> dict | None:
-    try:
-        return json.loads(pid_file(home).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+    # A mount on a full disk rewrites the file in place (mount._replace_status_file): a read
+    # that catches it half written tries again.
+    for _ in range(5):
+        try:
+            return json.loads(pid_file(home).read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            time.sleep(0.05)
+    return None
 
 
 def _bar(done: int, total: int, width: int = 24) -> str:
@@ -142,6 +167,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = home.config()
     info = _status_file(home)
     mount_alive = bool(info) and _alive(info.get("pid", 0))
+    # What only this machine holds: the running mount's own figures, else the journal (read-only).
+    local, local_problem = LocalChanges(), None
+    if mount_alive:
+        local = LocalChanges(info.get("pending_files", 0), info.get("pending_bytes", 0), info.get("pending_folders", 0))
+    else:
+        try:
+            local = read_local_changes(home)
+        except PlutoError as exc:
+            local_problem = str(exc)
 
     async def peers() -> tuple[list, object]:
         from transport.coordinator_client import CoordinatorClient
@@ -166,15 +200,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = {
         "mounted": mount_alive,
         "mountpoint": info.get("mountpoint") if mount_alive else None,
-        "pending_files": info.get("pending_files", 0) if mount_alive else 0,
-        "pending_bytes": info.get("pending_bytes", 0) if mount_alive else 0,
-        "pending_folders": info.get("pending_folders", 0) if mount_alive else 0,
+        "pending_files": local.files,  # when not mounted: what the journal holds
+        "pending_bytes": local.bytes,
+        "pending_folders": local.folders,
+        "journal_error": local_problem,
         "uploaded_bytes": info.get("uploaded_bytes", 0) if mount_alive else 0,
         # peers the mount saw fail or fall silent in the last minute: its reads ask them last
         "slow_peers": info.get("slow_peers", []) if mount_alive else [],
         # packs stored with a fragment column no peer acknowledged: the mount is placing it
         "packs_short": info.get("packs_short", 0) if mount_alive else 0,
         "health": info.get("health", {}) if mount_alive else {},
+        # failures the mount is retrying: {loop: {name, count, since, last}}
+        "problems": info.get("problems", {}) if mount_alive else {},
         "peers_total": len(records),
         "peers_alive": len(alive),
         "peers_offline": len(offline),
@@ -192,22 +229,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                    "offline_for": p.offline_for, "disqualified": p.disqualified, "member": p.member, "uptime": p.uptime,
                    "reputation": p.reputation, "free": p.free} for p in records],
     }
-    lost_tolerance = config.n - config.k
-    down = len(offline) + len(lost)
-    status["at_risk"] = down > 0
-    if len(alive) < config.k:
-        risk = "unreadable: fewer peers than k are up"
-    elif down:
-        parts = []
-        if offline:
-            parts.append(f"{len(offline)} peer(s) offline (their data still counts until {_duration(grace)} "
-                         "away, unless a pack is one loss from unreadable)")
-        if lost:
-            parts.append(f"{len(lost)} peer(s) lost (what they held is rebuilt on other peers)")
-        risk = "; ".join(parts) + f": data stays readable while at most {lost_tolerance} of each pack's {config.n} are away"
-    else:
-        risk = "none"
+    counts = None if peer_error else PeerCounts(len(alive), len(offline), len(lost))
+    risk = assess(counts, config.k, config.n, _duration(grace), local,
+                  "the upload journal cannot be read: changes not uploaded may be only on this machine"
+                  if local_problem else None)
     status["risk"] = risk
+    status["at_risk"] = at_risk(risk)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -226,8 +253,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"last audit: {time.strftime('%H:%M:%S', time.localtime(h['last_check']))}, "
                   f"{h.get('degraded', 0)} degraded and {h.get('unreadable', 0)} unreadable packs in the sample "
                   f"({h.get('waiting', 0)} waiting for offline peers), {h.get('repaired', 0)} repaired since mount")
+        for key, problem in status["problems"].items():
+            print(_problem_text(key, problem))
     else:
-        print("not mounted (nothing uploading)")
+        gone = info.get("mountpoint") if info else None
+        if gone and is_mounted(Path(gone)):
+            print(f"the mount process ended without unmounting {gone}: run `pluto unmount {gone}`")
+        if local_problem:
+            print(f"not mounted; {local_problem}")
+        elif local.empty():
+            print("not mounted (nothing waiting to upload)")
+        else:
+            print(f"not mounted: {local.describe()} {local.verb()} only on this machine (in the journal); "
+                  "uploading resumes at the next `pluto mount`")
     print(f"device id: {status['device_id']}  (give it to `pluto serve --owner` to earn space)")
     if allowance is not None:
         print(f"storage exchange: offered {format_size(allowance.offered)}, "
@@ -245,6 +283,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"reputation {p.reputation:.2f}  free {format_size(p.free)}{note}")
     print(f"at risk: {status['risk']}")
     return 0
+
+
+def _problem_text(key: str, problem: dict) -> str:
+    """"write-back: 12 attempts failed since 13:02:11, last: …; will keep trying"."""
+    count = problem.get("count", 0)
+    since = problem.get("since")
+    when = f" since {time.strftime('%H:%M:%S', time.localtime(since))}" if since else ""
+    return (f"{problem.get('name', key)}: {count} attempt{'s' if count != 1 else ''} failed{when}, "
+            f"last: {problem.get('last', '?')}; will keep trying")
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -278,10 +325,6 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A coordinator, N peers and a mount on loopback, in the foreground."""
-    from cryptree.identity import new_seed, seed_to_phrase
-
-    from .localgrid import GridError, LocalGrid
-
     state = Path(args.state).resolve()
     mountpoint = Path(args.mountpoint).resolve()
     mountpoint.mkdir(parents=True, exist_ok=True)
@@ -289,8 +332,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.peers <= 32:
         raise HomeError("--peers must be from 1 to 32")
     home = Home(state / "home")
+    with home_lock.hold(home, "demo", mountpoint):
+        left = _run_demo(args, state, mountpoint, home)
+    return _left_behind(left, "uploading resumes when you run `pluto demo` again with the same --state")
+
+
+def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Home) -> LocalChanges:
+    from cryptree.identity import new_seed, seed_to_phrase
+
+    from .localgrid import GridError, LocalGrid
+
+    # The grid runs in sessions of its own, so the terminal's Ctrl-C (SIGINT to the foreground
+    # process group) reaches only this process: it uploads what is pending while the peers are
+    # still up, unmounts, and only then stops them. They stop too if this process dies.
     grid = LocalGrid(state / "grid", peers=args.peers, capacity=args.capacity, heartbeat=2.0, log_level="warning",
-                     owner=home.device_id())
+                     owner=home.device_id(), die_with_parent=True)
     try:
         grid.start()
     except GridError as exc:
@@ -308,19 +364,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
             config.coordinator = grid.coordinator.address
             home.save_config(config)
         print(f"coordinator {grid.coordinator.address}, {args.peers} storage peers, state in {state}")
-        print(f"mounting on {mountpoint} — Ctrl-C unmounts and stops everything")
+        print(f"mounting on {mountpoint} — Ctrl-C uploads what is pending, unmounts and stops everything")
         sys.stdout.flush()
         opts = MountOptions(mountpoint, allow_other=args.allow_other, op_timeout=args.timeout)
 
-        async def main() -> None:
+        async def main() -> LocalChanges:
             await _wait_for_peers(home, min(args.peers, n))
-            await run_mount(home, opts)
+            return await run_mount(home, opts)
 
-        trio.run(main)
+        left = trio.run(main)
         print("unmounted; stopping the grid")
+        return left
     finally:
         grid.stop()
-    return 0
 
 
 async def _wait_for_peers(home: Home, want: int) -> None:

@@ -13,7 +13,7 @@ import trio
 from cryptree.caps import WriteCap
 from transport.errors import TransportError
 
-from . import social
+from . import home_lock, social
 from .errors import HomeError, PlutoError
 from .home import Home, home_path
 from .mount import is_mounted, pid_file
@@ -22,8 +22,18 @@ from .volume import open_volume
 
 
 def _run(args: argparse.Namespace, body) -> object:
-    """Open the volume and the social state, run `body(volume, state)`, save the state."""
+    """Open the volume and the social state, run `body(volume, state)`, save the state.
+
+    Holds HOME/social.lock, so two social commands never interleave their
+    updates of social.json (they may run while the home is mounted: they do
+    not write your own folders; see pluto_fs/home_lock.py).
+    """
     home = Home(home_path(args.home))
+    with home_lock.hold(home, args.command, name=home_lock.SOCIAL_LOCK):
+        return _run_locked(home, body)
+
+
+def _run_locked(home: Home, body) -> object:
 
     async def main():
         state = social.SocialState.load(home)
@@ -112,9 +122,10 @@ def cmd_accept(args: argparse.Namespace) -> int:
 def cmd_reject(args: argparse.Namespace) -> int:
     """Reject a follow request."""
     home = Home(home_path(args.home))
-    state = social.SocialState.load(home)
-    social.reject(state, args.user)
-    state.save(home)
+    with home_lock.hold(home, "reject", name=home_lock.SOCIAL_LOCK):
+        state = social.SocialState.load(home)
+        social.reject(state, args.user)
+        state.save(home)
     print(f"rejected {args.user}'s request")
     return 0
 
@@ -144,7 +155,11 @@ def cmd_unshare(args: argparse.Namespace) -> int:
     if _mounted(home):
         raise HomeError("unmount first (pluto unmount): re-keying a folder rewrites it, "
                         "and a running mount would publish its own copy over it")
+    with home_lock.hold(home, "unshare"):  # the same reason, for a mount that starts meanwhile
+        return _unshare(args, home, path)
 
+
+def _unshare(args: argparse.Namespace, home: Home, path: str) -> int:
     async def body(volume, state):
         await social.withdraw(volume, state, path, args.user)
         parts = split_path(path)

@@ -14,6 +14,7 @@ from cryptree.dirnode import DirLink, Symlink
 from cryptree.errors import PhraseError
 from cryptree.identity import new_seed, phrase_to_seed, seed_to_phrase
 
+from . import home_lock
 from .errors import HomeError, NotEnoughPeers, PlutoError
 from .home import Config, Home, home_path
 from .social import SocialState, fetch_backup
@@ -55,7 +56,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     """Create a new identity and print its recovery phrase once."""
     home = _home(args)
     seed = new_seed()
-    home.create(seed, Config(coordinator=args.coordinator, k=args.k, n=args.n, happy=min(args.n, args.k + 1)))
+    with home_lock.hold(home, "init"):
+        home.create(seed, Config(coordinator=args.coordinator, k=args.k, n=args.n, happy=min(args.n, args.k + 1)))
     print(f"Created a new pluto identity in {home.path}.")
     print("Your recovery phrase (24 words). Write it down and keep it safe: it is shown only this once,")
     print("and it is the only way to get your files back on a new machine.\n")
@@ -80,6 +82,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     except PhraseError as exc:
         print(f"pluto: {exc}", file=sys.stderr)
         return 2
+    with home_lock.hold(home, "restore"):
+        return _restore(home, seed, args)
+
+
+def _restore(home: Home, seed: bytes, args: argparse.Namespace) -> int:
     home.create(seed, Config(coordinator=args.coordinator, k=args.k, n=args.n, happy=min(args.n, args.k + 1)))
 
     async def check() -> tuple[int, SocialState | None]:
@@ -116,7 +123,8 @@ def cmd_put(args: argparse.Namespace) -> int:
         async with open_volume(home) as vol:
             await Tree(vol, vol.keys.root).upload(local, args.remote, progress)
 
-    trio.run(run)
+    with home_lock.hold(home, "put"):  # a running mount would publish its own copy of the folders over ours
+        trio.run(run)
     print(progress.done())
     return 0
 
@@ -175,7 +183,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             return await check(vol, cap, repair=args.repair, gc=args.gc, gc_min_age=args.gc_min_age, progress=say,
                                grace=grace)
 
-    report = trio.run(run)
+    if args.repair or args.gc:  # they rewrite what is stored and the local pack log
+        with home_lock.hold(home, "check --repair" if args.repair else "check --gc"):
+            report = trio.run(run)
+    else:
+        report = trio.run(run)
     if sys.stderr.isatty() and not args.json:
         sys.stderr.write("\r\033[K")
     if args.json:

@@ -48,7 +48,7 @@ from cryptree.dirnode import (
     child_write_cap,
     new_directory_cap,
 )
-from cryptree.filenode import FileRef, InlineData
+from cryptree.filenode import FileContent, FileRef, InlineData
 
 from .errors import ConflictError, PlutoError, QuotaExceeded
 from .folder_merge import merge_remote
@@ -637,17 +637,29 @@ class FsModel:
             content, size = await self.volume.store_file(self.cache_path(cache_id), previous)
             staged.append((node, version, cache_id, content, size))
         await self.volume.flush(since=mark)
-        with self.journal.transaction():  # one commit for the whole batch
-            for node, version, cache_id, content, size in staged:
-                if node.version != version or node.cache_id != cache_id:
-                    continue  # written again meanwhile: the next round uploads the newer bytes
-                node.content, node.content_size, node.size, node.dirty = content, size, size, False
-                node.content_mtime_ns = node.mtime_ns
-                self.dirty_files.discard(node)
-                if node.parent is not None:
-                    # The new content is journaled in the same commit that drops the data row.
-                    self.touch_dir(node.parent, times=False, entry=node)
-                self.journal.drop_file(cache_id)
+        before: list[tuple[FileNode, FileContent | None, int, int, int]] = []
+        try:
+            with self.journal.transaction():  # one commit for the whole batch
+                for node, version, cache_id, content, size in staged:
+                    if node.version != version or node.cache_id != cache_id:
+                        continue  # written again meanwhile: the next round uploads the newer bytes
+                    before.append((node, node.content, node.content_size, node.size, node.content_mtime_ns))
+                    node.content, node.content_size, node.size, node.dirty = content, size, size, False
+                    node.content_mtime_ns = node.mtime_ns
+                    self.dirty_files.discard(node)
+                    if node.parent is not None:
+                        # The new content is journaled in the same commit that drops the data row.
+                        self.touch_dir(node.parent, times=False, entry=node)
+                    self.journal.drop_file(cache_id)
+        except BaseException:
+            # Not committed (a full disk): the journal still says pending, so must the model, or the
+            # files' rows would stay pending in the journal for good. The retry finds the chunks
+            # already placed (dedup) and only commits again.
+            for node, content, content_size, size, mtime in before:
+                node.content, node.content_size, node.size, node.dirty = content, content_size, size, True
+                node.content_mtime_ns = mtime
+                self.dirty_files.add(node)
+            raise
 
     # ---- publishing ----------------------------------------------------------------------
 
@@ -761,6 +773,25 @@ class FsModel:
         while d is not None and (d.dirty or d.new):
             await self.publish(d)
             d = d.parent
+        await trio.to_thread.run_sync(self.journal.sync)
+
+    async def sync_dir(self, d: DirNode) -> None:
+        """fsync of a folder: its entries as they are now are on the network when this returns.
+
+        The data of dirty files directly in it is uploaded first, so their
+        entries can be published (a file whose data is not stored is left out
+        of a published version); then the folder and every changed folder
+        above it are published, and the journal is synced.
+        """
+        if d.parent is None and d is not self.root:
+            return  # removed: nothing links it any more
+        if d.children is not None:
+            await self.upload_files([n for n in d.children.values() if isinstance(n, FileNode) and n.dirty])
+        node: DirNode | None = d
+        while node is not None:
+            if node.dirty or node.new:
+                await self.publish(node)
+            node = node.parent
         await trio.to_thread.run_sync(self.journal.sync)
 
     async def flush_all(self) -> None:

@@ -1,8 +1,9 @@
 """pyfuse3 operations: POSIX calls mapped onto the FsModel.
 
 Every handler answers with data or a FUSEError(errno); nothing else escapes
-to the kernel. Network waits are bounded by the configured timeout: a peer
-that does not answer turns into EIO/ETIMEDOUT and a log line, never a hang.
+to the kernel (pluto_fs/fuse_errors.py has the policy). Network waits are
+bounded by the configured timeout: a peer that does not answer turns into
+EIO/ETIMEDOUT and a log line, never a hang.
 """
 
 from __future__ import annotations
@@ -10,13 +11,10 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import math
 import os
-import sqlite3
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import pyfuse3
 import trio
@@ -26,60 +24,18 @@ from cryptree.dirnode import MAX_NAME_BYTES
 from cryptree.errors import CryptreeError
 from transport.errors import TransportError
 
-from .errors import PlutoError, QuotaExceeded
+from .errors import PlutoError
 from .fsmodel import DirNode, FileNode, FsModel, Node, SymlinkNode, mode_of, now_ns
+from .fuse_errors import fuse_errors, local_op, never_raises
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 XATTR_NAMESPACE = "user."
 XATTR_MAX_VALUE = 64 * 1024
 BLOCK = 4096
 ENTRY_TIMEOUT = 1.0  # seconds the kernel may trust a name lookup (found or not)
 ATTR_TIMEOUT = 1.0  # seconds the kernel may trust attributes
 RMDIR_REFRESH_TIMEOUT = 3.0  # seconds rmdir waits to learn whether another writer filled the folder
-
-
-def fuse_errors(fn: Callable[..., Awaitable[T]], bounded: bool = True, local: bool = False) -> Callable[..., Awaitable[T]]:
-    """Turn every failure into an errno for the kernel (and a log line for people).
-
-    `bounded` operations fail after the mount's --timeout as a whole. fsync
-    is not bounded as a whole: storing a large file takes as long as it
-    takes, while every single network wait inside it is still bounded by the
-    RPC timeouts, so a dead network still fails it. `local` operations never
-    wait for the network: they skip the timeout's cancel scope, which costs
-    more than a getattr itself.
-    """
-
-    @functools.wraps(fn)
-    async def wrapper(self: "PlutoOperations", *args: Any) -> T:
-        try:
-            if local:
-                return await fn(self, *args)
-            with trio.fail_after(self.op_timeout if bounded else math.inf):
-                return await fn(self, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except QuotaExceeded as exc:
-            log.warning("%s refused: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(errno.ENOSPC) from None
-        except trio.TooSlowError:
-            log.warning("%s: no answer from the network within %g s", fn.__name__, self.op_timeout)
-            raise pyfuse3.FUSEError(errno.ETIMEDOUT) from None
-        except (PlutoError, CryptreeError, TransportError) as exc:
-            log.warning("%s failed: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except sqlite3.Error as exc:
-            # The journal could not record the change: say so rather than acknowledge it.
-            log.error("%s failed: the local journal: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper
-
-
-local_op = functools.partial(fuse_errors, local=True)
 
 
 def _forget_names(parent_ino: int, names: list[str]) -> None:
@@ -108,6 +64,14 @@ class Handle:
     writable: bool
 
 
+@dataclass
+class DirHandle:
+    """An open directory: its node (fsyncdir publishes it) and the listing taken at opendir."""
+
+    node: DirNode
+    listing: list[tuple[bytes, Node]]
+
+
 class PlutoOperations(pyfuse3.Operations):
     """The FUSE front of a mounted volume."""
 
@@ -121,7 +85,7 @@ class PlutoOperations(pyfuse3.Operations):
         self.op_timeout = op_timeout
         self.statfs_source = statfs_source
         self._handles: dict[int, Handle] = {}
-        self._dir_handles: dict[int, list[tuple[bytes, Node]]] = {}
+        self._dir_handles: dict[int, DirHandle] = {}
         self._next_fh = 1
 
     # ---- helpers -----------------------------------------------------------------
@@ -260,6 +224,7 @@ class PlutoOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return node.target
 
+    @never_raises
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             node = self.model.inodes.get(ino)
@@ -277,17 +242,20 @@ class PlutoOperations(pyfuse3.Operations):
         fh = self._fh()
         listing = [(b".", d), (b"..", d.parent or d)]
         listing += sorted(((n.name.encode(), n) for n in kids.values()), key=lambda x: x[0])
-        self._dir_handles[fh] = listing
+        self._dir_handles[fh] = DirHandle(d, listing)
         return fh
 
+    @local_op
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self._dir_handles.get(fh, [])
+        h = self._dir_handles.get(fh)
+        entries = h.listing if h is not None else []
         for i in range(start_id, len(entries)):
             name, node = entries[i]
             if not pyfuse3.readdir_reply(token, name, self.attrs(node), i + 1):
                 break
             node.lookups += 1  # readdirplus: each entry the kernel accepted is a lookup
 
+    @never_raises
     async def releasedir(self, fh: int) -> None:
         self._dir_handles.pop(fh, None)
 
@@ -490,10 +458,16 @@ class PlutoOperations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         await self.model.sync_path(self._handles[fh].node)
 
-    @fuse_errors
+    @functools.partial(fuse_errors, bounded=False)
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # directory handles do not remember their node; a full sync covers it
+        # Like fsync: returns once the folder's entries (renames, removals, new files with their
+        # data) are published, or fails; every network wait inside is bounded by the RPC timeouts.
+        h = self._dir_handles.get(fh)
+        if h is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        await self.model.sync_dir(h.node)
 
+    @never_raises
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
         if h is None:

@@ -3,7 +3,10 @@
     identity      the 32-byte seed (mode 0600): everything the user owns derives from it
     device.key    this device's transport key (its peer id; not derived from the seed)
     config.json   coordinator address and volume settings
-    cache/        local caches and the upload journal (safe to delete when unmounted)
+    cache/        local caches and the upload journal: safe to delete when unmounted and
+                  `pluto status` shows nothing waiting to upload (else it holds the only copy)
+    lock          held by the process writing this home (pluto_fs/home_lock.py); social.lock likewise
+    salvaged/     what `pluto salvage` kept from a damaged journal
 """
 
 from __future__ import annotations

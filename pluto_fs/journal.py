@@ -193,6 +193,15 @@ class Journal:
         with self._lock:
             return {c: s for c, s in self.db.execute("SELECT cache_id, size FROM files")}
 
+    def integrity_problem(self) -> str | None:
+        """None if SQLite's quick_check finds the database sound, else its first complaint."""
+        with self._lock:
+            try:
+                rows = self.db.execute("PRAGMA quick_check").fetchall()
+            except sqlite3.DatabaseError as exc:
+                return str(exc)
+        return None if rows == [("ok",)] else str(rows[0][0])
+
     def sync(self) -> None:
         """Make every row so far durable against power loss too (checkpoint + fsync)."""
         with self._lock:

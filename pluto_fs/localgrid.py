@@ -3,6 +3,13 @@
 Used by `pluto demo`, the test suite and the benchmarks. Every process binds
 to 127.0.0.1; each prints a 'listening on HOST:PORT' line that we wait for,
 so port 0 (a free port chosen by the kernel) works and nothing races.
+
+Each process runs in a session of its own: Ctrl-C in a terminal sends SIGINT
+to the whole foreground process group, and a grid in the launcher's group
+died at once, before `pluto demo` could upload what was pending. The
+launcher stops its grid itself (`stop`); with `die_with_parent` (the demo)
+the kernel also sends SIGTERM to each process when the launcher dies, so a
+killed demo leaves no grid behind.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class GridProcess:
     proc: subprocess.Popen | None = None
     address: str = ""
     peer_id: str = ""
+    die_with_parent: bool = False
 
     @property
     def port(self) -> int:
@@ -44,7 +52,8 @@ class GridProcess:
         """Start the process and wait for its 'listening on' line."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=_child_env()
+            self.argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=_child_env(),
+            start_new_session=True, preexec_fn=_parent_death_signal() if self.die_with_parent else None,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -89,6 +98,21 @@ class GridProcess:
             self.proc.wait()
 
 
+def _parent_death_signal():
+    """A preexec_fn that makes the child get SIGTERM when this process ends (Linux prctl)."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
@@ -113,6 +137,7 @@ class LocalGrid:
     owner: str | None = None  # device id whose storage-exchange allowance the peers raise
     grace: str = "1G"
     membership_grace: float | None = None  # seconds; None: the coordinator's default (72 h)
+    die_with_parent: bool = False  # SIGTERM to every process when the one that started them dies
     coordinator: GridProcess | None = None
     storage: list[GridProcess] = field(default_factory=list)
 
@@ -126,6 +151,7 @@ class LocalGrid:
                    "--audit-report-interval", str(self.audit_report_interval), "--grace", self.grace,
                    *(["--membership-grace", str(self.membership_grace)] if self.membership_grace else [])),
             self.root / "coordinator.log",
+            die_with_parent=self.die_with_parent,
         )
         self.coordinator.start()
         for i in range(self.peers):
@@ -141,6 +167,7 @@ class LocalGrid:
                    "--capacity", self.capacity, "--listen", f"127.0.0.1:{port}",
                    "--coordinator", self.coordinator.address, "--heartbeat", str(self.heartbeat), *owner),
             self.root / f"peer{i}.log",
+            die_with_parent=self.die_with_parent,
         )
 
     def restart_peer(self, i: int) -> None:

@@ -2,32 +2,36 @@
 
 Lifecycle: open the volume and the journal → resume whatever the journal says
 is pending → mount → serve requests while a background task uploads closed
-files and publishes changed folders → on SIGINT/SIGTERM or `pluto unmount`,
-flush everything, then unmount. The mount process writes a small status file
-(`cache/status.json`) that `pluto status` reads.
+files and publishes changed folders → on SIGINT/SIGTERM/SIGHUP or `pluto
+unmount`, flush everything, then unmount. The mount process writes a small
+status file (`cache/mount.json`) that `pluto status` reads.
+
+No error ends the background loops (pluto_fs/retrying.py): each failure is
+retried with backoff, logged when it is news, and counted in the status file
+(`problems`), so the mount stays up and `pluto status` says what it retries.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
 import trio
 
-from transport.errors import TransportError
-
-from .errors import PlutoError
 from .fsmodel import FsModel
 from .fuse_ops import PlutoOperations
 from .home import Home
+from .journal_state import LocalChanges, open_journal
 from .malloc_tuning import tune_malloc
-from .journal import Journal
+from .retrying import EXPECTED, Problems, Retrying, describe, leaf_errors
 from .short_packs import place_short_packs
 from .volume import Volume, open_volume
 
@@ -76,38 +80,41 @@ async def _statfs(volume: Volume, model: FsModel) -> tuple[int, int]:
     return max(total, 1), max(0, min(free, total))
 
 
-async def _replay_journal(model: FsModel) -> None:
+async def _replay_journal(model: FsModel, retrying: Retrying) -> None:
     """After a crash, bring every journaled folder back into the model so its uploads resume."""
-    while True:
-        try:
-            replayed = await model.replay_journal()
-            if replayed:
-                log.info("resumed the pending changes of %d folders from the journal", replayed)
-            return
-        except (PlutoError, TransportError) as exc:
-            log.warning("resuming journaled folders will retry: %s", exc)
-            await trio.sleep(10)
+    replayed = 0
+
+    async def replay() -> None:
+        nonlocal replayed
+        replayed = await model.replay_journal()
+
+    while not await retrying.attempt(replay):
+        await retrying.backoff()
+    if replayed:
+        log.info("resumed the pending changes of %d folders from the journal", replayed)
 
 
-async def _write_back(model: FsModel) -> None:
-    """Upload quiet files and publish changed folders, forever (errors are retried)."""
+async def _write_back_round(model: FsModel) -> None:
+    now = time.monotonic()
+    model.dirty_files -= {f for f in model.dirty_files if f.parent is None}
+    ready = [f for f in model.dirty_files if f.writers == 0 or now - f.last_write > IDLE_UPLOAD_AFTER]
+    await model.upload_files(ready[:UPLOAD_BATCH], wait_busy=False)
+    await model.publish_dirty()
+
+
+async def _write_back(model: FsModel, retrying: Retrying) -> None:
+    """Upload quiet files and publish changed folders, forever; a failed round is retried after a backoff."""
     while True:
         with trio.move_on_after(PUBLISH_EVERY):
             await model.changed.wait()
         model.changed = trio.Event()
         await trio.sleep(PUBLISH_EVERY)  # let a burst of changes settle into one publish
-        try:
-            now = time.monotonic()
-            model.dirty_files -= {f for f in model.dirty_files if f.parent is None}
-            ready = [f for f in model.dirty_files if f.writers == 0 or now - f.last_write > IDLE_UPLOAD_AFTER]
-            await model.upload_files(ready[:UPLOAD_BATCH], wait_busy=False)
-            await model.publish_dirty()
-        except (PlutoError, OSError) as exc:
-            log.warning("write-back will retry: %s", exc)
-            await trio.sleep(2)
+        if not await retrying.attempt(lambda: _write_back_round(model)):
+            await retrying.backoff()
 
 
-def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, health: dict | None = None) -> None:
+def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, health: dict | None = None,
+                  problems: Problems | None = None) -> None:
     files, size, dirs = model.pending()
     stats = volume.packs.stats
     status = {
@@ -126,78 +133,129 @@ def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, 
         "packs_short": len(volume.packs.short_packs()),  # a column no peer holds yet: pluto_fs/short_packs.py
         "slow_peers": [peer.hex() for peer in volume.packs.fetch_order.troubled_peers()],
         "health": health or {},
+        "problems": problems.as_status() if problems is not None else {},
     }
-    tmp = pid_file(home).with_suffix(".tmp")
-    tmp.write_text(json.dumps(status))
-    os.replace(tmp, pid_file(home))
+    _replace_status_file(pid_file(home), json.dumps(status).encode())
 
 
-async def _health_loop(model: FsModel, volume: Volume, interval: float, margin: int, grace: float, state: dict) -> None:
+STATUS_RESERVE = 8192  # bytes the status file is padded to, so a full disk can still take a rewrite in place
+
+
+def _replace_status_file(path: Path, data: bytes) -> None:
+    """Write the status file atomically; on a full disk, over the old one in place.
+
+    The status matters most when something is wrong, a full disk included,
+    and a new file needs space a full disk does not have. So the file is
+    padded with spaces (valid JSON) to STATUS_RESERVE bytes: its blocks can
+    then be rewritten in place without new space. Readers retry a file they
+    catch half rewritten.
+    """
+    padded = data + b" " * max(0, STATUS_RESERVE - len(data))
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_bytes(padded)
+        os.replace(tmp, path)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.exists():
+            raise
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, padded, 0)
+        os.ftruncate(fd, len(padded))
+    finally:
+        os.close(fd)
+
+
+async def _health_loop(model: FsModel, volume: Volume, interval: float, margin: int, grace: float, state: dict,
+                       retrying: Retrying) -> None:
     """Background auditor and repairer: every `interval`, audit a sample of packs and repair
     those with fewer than k + `margin` durable fragments, counting peers silent for less than
     `grace` seconds as still holding theirs (docs/TRUST.md has the rule, docs/SIMULATION.md the why)."""
     from .health import check
 
     state.update(grace=grace)
+
+    async def audit() -> None:
+        report = await check(volume, volume.keys.root, repair=True, repair_below=volume.packs.k + margin,
+                             sample=HEALTH_SAMPLE, progress=lambda msg: state.update(progress=msg), grace=grace)
+        state.update(last_check=time.time(), packs=report.packs, degraded=report.packs_degraded,
+                     unreadable=report.packs_unreadable, waiting=report.packs_waiting,
+                     repaired=state.get("repaired", 0) + report.packs_repaired,
+                     rebuilt=state.get("rebuilt", 0) + report.fragments_rebuilt, problems=report.problems[:3])
+
     while True:
-        await trio.sleep(interval)
+        await trio.sleep(max(interval, retrying.delay()))
         state.update(running=True, progress="starting")
         try:
-            report = await check(volume, volume.keys.root, repair=True, repair_below=volume.packs.k + margin,
-                                 sample=HEALTH_SAMPLE, progress=lambda msg: state.update(progress=msg), grace=grace)
-            state.update(last_check=time.time(), packs=report.packs, degraded=report.packs_degraded,
-                         unreadable=report.packs_unreadable, waiting=report.packs_waiting,
-                         repaired=state.get("repaired", 0) + report.packs_repaired,
-                         rebuilt=state.get("rebuilt", 0) + report.fragments_rebuilt, problems=report.problems[:3])
-        except (PlutoError, TransportError) as exc:
-            log.warning("background audit failed, will retry: %s", exc)
+            await retrying.attempt(audit)
         finally:
             state.update(running=False, progress="")
 
 
-async def _refresh_loop(model: FsModel) -> None:
-    """Read folders that were opened again from the network and merge what changed elsewhere."""
+async def _refresh_loop(model: FsModel, retrying: Retrying) -> None:
+    """Read folders that were opened again from the network and merge what changed elsewhere
+    (a failed read keeps the local view; the folder is read again the next time it is opened)."""
     while True:
         await model.refresh_event.wait()
         model.refresh_event = trio.Event()
         while model.refresh_wanted:
             d = next(iter(model.refresh_wanted))
             del model.refresh_wanted[d]
-            try:
-                await model.refresh(d)
-            except (PlutoError, TransportError, OSError) as exc:
-                log.info("reading a folder again failed (the local view stays): %s", exc)
+            if not await retrying.attempt(lambda: model.refresh(d)):
+                await trio.sleep(retrying.delay())
 
 
-async def _share_poll(model: FsModel, interval: float) -> None:
-    """Owners' changes to what they share appear within `interval` seconds."""
+async def _keep_running(loop: Callable[[], Awaitable[None]], retrying: Retrying) -> None:
+    """Run a loop that is meant to run forever; if it ever fails, record it and start it again after a backoff."""
     while True:
-        await trio.sleep(interval)
+        await retrying.attempt(loop)
+        await trio.sleep(max(1.0, retrying.delay()))
+
+
+async def _share_poll(model: FsModel, interval: float, retrying: Retrying) -> None:
+    """Owners' changes to what they share appear within `interval` seconds."""
+
+    async def refresh() -> None:
         model.refresh_shared()
 
+    while True:
+        await trio.sleep(max(interval, retrying.delay()))
+        await retrying.attempt(refresh)
 
-async def _allowance_loop(model: FsModel, volume: Volume) -> None:
+
+async def _allowance_loop(model: FsModel, volume: Volume, retrying: Retrying) -> None:
     """Keep the storage-exchange figures fresh so writes can be refused (ENOSPC) at once."""
+
+    async def refresh() -> None:
+        a = await volume.net.coordinator.allowance()
+        model.allowance = (a.allowed, a.used)
+
     while True:
-        try:
-            a = await volume.net.coordinator.allowance()
-            model.allowance = (a.allowed, a.used)
-        except TransportError as exc:
-            log.info("storage exchange figures unavailable: %s", exc)
-        await trio.sleep(ALLOWANCE_REFRESH)
+        await retrying.attempt(refresh)
+        await trio.sleep(max(ALLOWANCE_REFRESH, retrying.delay()))
 
 
-async def _status_loop(home: Home, model: FsModel, volume: Volume, mountpoint: Path, health: dict) -> None:
+async def _status_loop(home: Home, model: FsModel, volume: Volume, mountpoint: Path, health: dict,
+                       problems: Problems, retrying: Retrying) -> None:
+    async def write() -> None:
+        _write_status(home, model, volume, mountpoint, health, problems)
+
     while True:
-        _write_status(home, model, volume, mountpoint, health)
+        await retrying.attempt(write)
         await trio.sleep(1)
 
 
 async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = None,
-                    *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-    """Mount and serve until a signal or an external unmount; flush before returning."""
+                    *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> LocalChanges:
+    """Mount and serve until a signal or an external unmount; upload what is pending, then unmount.
+
+    Returns what is still only on this machine after that final upload
+    (empty when everything reached the network). The caller holds the home
+    lock (pluto_fs/home_lock.py).
+    """
     tune_malloc()  # before the worker threads that would each get an arena exist
-    journal = Journal(home.cache / "journal.sqlite")
+    journal = open_journal(home)  # a damaged journal is refused here, before a cache file is touched
     try:
         async with open_volume(home, coordinator) as volume:
             from .social import shares_for_mount
@@ -213,22 +271,31 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
                 options.add("debug")
             pyfuse3.init(ops, str(opts.mountpoint), options)
             unmounted = False
+            problems = Problems()
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_write_back, model)
-                    nursery.start_soon(place_short_packs, volume)
-                    nursery.start_soon(_replay_journal, model)
-                    nursery.start_soon(_refresh_loop, model)
+                    nursery.start_soon(_write_back, model, problems.loop("write_back", "write-back"))
+                    nursery.start_soon(_keep_running, lambda: place_short_packs(volume),
+                                       problems.loop("short_packs", "placing missing fragment columns", max_delay=60))
+                    nursery.start_soon(_replay_journal, model,
+                                       problems.loop("replay", "resuming journaled folders", max_delay=30))
+                    nursery.start_soon(_refresh_loop, model,
+                                       problems.loop("refresh", "reading folders changed elsewhere", max_delay=30))
                     health: dict = {}
-                    nursery.start_soon(_status_loop, home, model, volume, opts.mountpoint, health)
-                    nursery.start_soon(_allowance_loop, model, volume)
-                    nursery.start_soon(_share_poll, model, home.config().share_poll)
+                    nursery.start_soon(_status_loop, home, model, volume, opts.mountpoint, health, problems,
+                                       problems.loop("status", "writing the status file"))
+                    nursery.start_soon(_allowance_loop, model, volume,
+                                       problems.loop("exchange", "storage exchange figures", max_delay=60))
                     config = home.config()
+                    nursery.start_soon(_share_poll, model, config.share_poll,
+                                       problems.loop("shares", "reloading shares", max_delay=300))
                     nursery.start_soon(_health_loop, model, volume, config.audit_interval, config.repair_margin,
-                                       config.repair_grace, health)
+                                       config.repair_grace, health,
+                                       problems.loop("audit", "background audit", max_delay=3600))
 
                     async def stop_on_signal() -> None:
-                        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        # SIGHUP too: closing the terminal of a foreground mount uploads and unmounts.
+                        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                             async for _ in signals:
                                 log.info("stopping: uploading what is pending, then unmounting")
                                 nursery.cancel_scope.cancel()
@@ -245,14 +312,28 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
 
                     nursery.start_soon(serve)
             finally:
-                with trio.CancelScope(shield=True):
-                    try:
-                        await model.flush_all()
-                    except (PlutoError, OSError) as exc:
-                        log.error("could not upload everything before unmounting (%s); "
-                                  "it stays in the journal and resumes at the next mount", exc)
-                    _write_status(home, model, volume, opts.mountpoint)
-                pyfuse3.close(unmount=not unmounted)
+                try:
+                    with trio.CancelScope(shield=True):
+                        await _final_upload(model)
+                        try:
+                            _write_status(home, model, volume, opts.mountpoint, problems=problems)
+                        except OSError as exc:
+                            log.warning("could not write the status file: %s", exc)
+                finally:
+                    pyfuse3.close(unmount=not unmounted)
+            files, size, dirs = model.pending()
+            return LocalChanges(files, size, dirs)
     finally:
         journal.close()
         pid_file(home).unlink(missing_ok=True)
+
+
+async def _final_upload(model: FsModel) -> None:
+    """Upload everything before unmounting; a failure is logged (what is left stays in the journal)."""
+    try:
+        await model.flush_all()
+    except Exception as exc:  # groups too: whatever happens, the mount must still unmount
+        errors = leaf_errors(exc)
+        bug = next((e for e in errors if not isinstance(e, EXPECTED)), None)
+        log.error("could not upload everything before unmounting (%s); it stays in the journal and resumes "
+                  "at the next mount", describe(errors), exc_info=bug)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -42,6 +43,7 @@ from cryptree.filenode import (
 )
 from cryptree.identity import UserKeys
 from cryptree.packrecord import NONCE_SIZE, Locator, pack_write_cap
+from transport.errors import TransportError
 from transport.pool import open_pool
 
 from .errors import ConflictError, NotEnoughPeers, PlutoError
@@ -148,7 +150,14 @@ class Volume:
     ) -> None:
         try:
             await self.packs.upload(nonce, data)
-        except (PlutoError, CryptreeError) as exc:
+        except Exception as exc:
+            # Nothing may escape into the volume's nursery: that ended the mount (a full local
+            # disk made the pack log raise sqlite3.OperationalError here). An unexpected error
+            # counts as a failed pack, which is always safe: the data stays pending and the
+            # caller's flush fails, so nothing publishes refs into this pack.
+            if not isinstance(exc, (PlutoError, CryptreeError, TransportError, OSError, sqlite3.Error)):
+                log.error("uploading a pack failed unexpectedly; it counts as failed and will be retried",
+                          exc_info=exc)
             # Take the pack's chunks out of dedup *now*: a store that starts after this
             # point must seal them again instead of pointing into a pack that is not there.
             for cid, ref in chunks:
@@ -418,15 +427,19 @@ async def open_volume(home: Home, coordinator: str | None = None) -> AsyncIterat
     async with open_pool(home.device_key()) as pool:
         net = Network(pool, coordinator or config.coordinator, timeout=config.request_timeout)
         slots = SlotReplicas(net, config.slot_replicas, config.repair_grace)
-        packs = PackStore(net, slots, keys.pack_key, config.k, config.n, config.happy, log=PackLog(home.path / "packs.sqlite"))
+        pack_log = PackLog(home.path / "packs.sqlite")
+        packs = PackStore(net, slots, keys.pack_key, config.k, config.n, config.happy, log=pack_log)
         error: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            volume = Volume(keys, net, slots, packs, nursery, writer_tag=home.writer_tag())
-            try:
-                yield volume
-                await volume.flush()
-            except Exception as exc:
-                error = exc
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                volume = Volume(keys, net, slots, packs, nursery, writer_tag=home.writer_tag())
+                try:
+                    yield volume
+                    await volume.flush()
+                except Exception as exc:
+                    error = exc
+                nursery.cancel_scope.cancel()
+        finally:
+            pack_log.close()  # writes rows a full disk refused earlier, if it takes them now
         if error is not None:
             raise error
