@@ -704,9 +704,6 @@ class FsModel:
             # `version` bumps on every change, so an unchanged version means the network now
             # holds exactly what the rows say: they may be marked clean.
             clean = d.version == version and not plan.held_back
-            if clean:
-                d.dirty = False
-                self.dirty_dirs.discard(d)
             with self.journal.transaction():
                 if d.journal_gen == self.journal.generation:  # the rows mirror the folder: keep them exact
                     for sent in plan.sent:  # only rows whose versions or flags moved (O(changes), not O(folder))
@@ -719,6 +716,9 @@ class FsModel:
                 d.journal_row = None  # the row's seq and dirty flag changed
                 if was_new and d.parent is not None:
                     self.touch_dir(d.parent, times=False, entry=d)  # the parent can now link it
+            if clean:  # only once the journal says so too (a full disk keeps both saying "dirty")
+                d.dirty = False
+                self.dirty_dirs.discard(d)
 
     def _merge(self, d: DirNode, remote: Directory) -> None:
         """Fold the network's newer version of `d` into the tree and journal the result whole."""

@@ -98,8 +98,12 @@ async def _write_back_round(model: FsModel) -> None:
     now = time.monotonic()
     model.dirty_files -= {f for f in model.dirty_files if f.parent is None}
     ready = [f for f in model.dirty_files if f.writers == 0 or now - f.last_write > IDLE_UPLOAD_AFTER]
-    await model.upload_files(ready[:UPLOAD_BATCH], wait_busy=False)
-    await model.publish_dirty()
+    try:
+        await model.upload_files(ready[:UPLOAD_BATCH], wait_busy=False)
+    finally:
+        # Folder changes go out even when file data could not (a rename, a delete, files already
+        # stored): one file that cannot upload must not hold every folder back.
+        await model.publish_dirty()
 
 
 async def _write_back(model: FsModel, retrying: Retrying) -> None:

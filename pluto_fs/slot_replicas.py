@@ -89,7 +89,7 @@ class SlotReplicas:
             try:
                 slot = await (await self.net.client(peer_id)).get_slot(writer)
             except (TransportError, NotEnoughPeers) as exc:
-                log.info("slot read from a peer failed: %s", exc)
+                log.debug("slot read from a peer failed: %s", exc)
                 return
             answers[peer_id] = slot
             if peer_id in members:
@@ -127,7 +127,7 @@ class SlotReplicas:
             try:
                 await (await self.net.client(peer_id)).put_slot(slot)
             except (TransportError, NotEnoughPeers) as exc:
-                log.info("read repair of a slot on a peer failed: %s", exc)
+                log.debug("read repair of a slot on a peer failed: %s", exc)
 
         with trio.move_on_after(READ_REPAIR_TIMEOUT):
             async with trio.open_nursery() as nursery:
@@ -162,9 +162,9 @@ class SlotReplicas:
                     elif held is not None and held.seq >= slot.seq:
                         newer.append(held.seq)
                     return
-                log.info("slot write refused by a peer: %s", exc)
+                log.debug("slot write refused by a peer: %s", exc)
             except (TransportError, NotEnoughPeers) as exc:
-                log.info("slot write to a peer failed: %s", exc)
+                log.debug("slot write to a peer failed: %s", exc)
 
         await run_until_enough([partial(put, p) for p in targets], lambda: stored >= need)
         if newer:
