@@ -11,6 +11,9 @@
 5. No wedged slot: through the same fresh mount, a new file in every folder,
    fsync'd, must succeed, and after the mount is gone a fresh process must
    list it.
+6. Still readable without n-k peers: with a seeded choice of n-k peers
+   (fewer if some wiped peer was never repaired) killed, a fresh process
+   must list every folder and read every file as the fresh mount did.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -26,13 +30,14 @@ from pluto_fs.testing import MountedVolume
 
 from .fixture import Cluster
 from .history import Finding, History
-from .oracle import ABSENT, DIR, Oracle, State, matches, render, render_set
+from .oracle import ABSENT, DIR, Oracle, State, classify, matches, render, render_set
 from .settings import Settings
-from .workload import decode, join, segment
+from .workload import decode, join, segment, split
 
 UNREADABLE = "unreadable"
 CORRUPT = "corrupt"
 PEERS_WAIT = 30.0  # seconds for the coordinator to list every restarted peer as alive again
+DEGRADED_ROUNDS = 2  # reads with n-k peers killed, each with another seeded choice of peers
 
 
 def wait_for_peers(cluster: Cluster, home: Home, history: History) -> None:
@@ -134,30 +139,18 @@ def found_state(root: Path, path: str) -> State:
     return state if state is not None else f"{CORRUPT}: {len(data)} bytes that are no checker content"
 
 
-def check_paths(vol: MountedVolume, oracle: Oracle, history: History) -> int:
-    """Compare every tracked path on the fresh mount with what the oracle allows; return paths checked."""
-    paths = oracle.paths()
-    for path in paths:
-        found = found_state(vol.path, path)
+def check_paths(vol: MountedVolume, oracle: Oracle, history: History) -> dict[str, State]:
+    """Compare every tracked path on the fresh mount with what the oracle allows; return what was found."""
+    found_all: dict[str, State] = {}
+    for path in oracle.paths():
+        found = found_all[path] = found_state(vol.path, path)
         expected = oracle.expected(path)
         if matches(found, expected):
             continue
-        history.find(Finding(_kind(found, expected), path, render_set(expected),
+        history.find(Finding(classify(found, expected), path, render_set(expected),
                              found if isinstance(found, str) and found not in (ABSENT, DIR) else render(found),
                              "read through a fresh mount of a home restored from the seed"))
-    return len(paths)
-
-
-def _kind(found: State, expected: set[State]) -> str:
-    if isinstance(found, str) and found.startswith(UNREADABLE):
-        return "unreadable"
-    if isinstance(found, str) and found.startswith(CORRUPT):
-        return "corrupt"
-    if found == ABSENT:
-        return "lost"
-    if expected == {ABSENT}:
-        return "resurrected"
-    return "rollback"
+    return found_all
 
 
 def check_writable(cluster: Cluster, vol: MountedVolume, home: Home, listing: dict[str, dict],
@@ -195,8 +188,48 @@ def check_writable(cluster: Cluster, vol: MountedVolume, home: Home, listing: di
     return len(written)
 
 
-def final_checks(cluster: Cluster, oracle: Oracle, history: History, settings: Settings) -> dict:
-    """Run checks 1-5 (module doc); findings go to the history; return counts for the report."""
+def degraded_reads(cluster: Cluster, home: Home, found: dict[str, State], lost: set[int], history: History,
+                   settings: Settings) -> int:
+    """Check 6: kill n-k peers (minus those still lost), read everything from a fresh process, restart
+    them; a folder or file that no longer reads as before is a finding. Return the rounds run."""
+    down_count = settings.fault_budget - len(lost)
+    if down_count <= 0:
+        history.record("note", text=f"no degraded reads: peers {sorted(lost)} are still lost (never repaired)")
+        return 0
+    rng = random.Random(f"pluto-checker/{settings.seed}/degraded")
+    healthy = [i for i in range(cluster.peers) if i not in lost]
+    for r in range(DEGRADED_ROUNDS):
+        down = sorted(rng.sample(healthy, down_count))
+        history.record("phase", name="degraded-read", round=r, killed=down, lost=sorted(lost))
+        for i in down:
+            cluster.kill_peer(i)
+        try:
+            res = cluster.python("tools.checker.probe", "--home", str(home.path), "--read", timeout=300)
+        finally:
+            for i in down:
+                cluster.restart_peer(i)
+        try:
+            listing = json.loads(res.stdout)
+        except ValueError:
+            history.find(Finding("degraded", "", f"the volume reads with peers {down} down (n-k = {settings.fault_budget})",
+                                 f"probe exit {res.returncode}", res.stderr.strip()[-500:]))
+            continue
+        for path, state in found.items():
+            if state in (ABSENT, DIR) or not isinstance(state, tuple):
+                continue
+            folder, name = split(path)
+            seen = listing.get(folder, {})
+            got = seen.get("read", {}).get(name) or seen.get("error") or "not listed"
+            if got != render(state):
+                history.find(Finding("degraded", path, f"{render(state)}, as with every peer up, with peers {down} "
+                                     f"down (n-k = {settings.fault_budget}; lost: {sorted(lost)})", got))
+    return DEGRADED_ROUNDS
+
+
+def final_checks(cluster: Cluster, oracle: Oracle, history: History, settings: Settings, lost: set[int]) -> dict:
+    """Run checks 1-6 (module doc); findings go to the history; return counts for the report.
+
+    `lost` are the peers wiped and never repaired: they count against the degraded reads' budget."""
     stats: dict = {}
     first_home = cluster.mounts[0].vol.home
     wait_for_peers(cluster, first_home, history)
@@ -217,8 +250,10 @@ def final_checks(cluster: Cluster, oracle: Oracle, history: History, settings: S
     except RuntimeError as exc:
         history.find(Finding("mount-start", None, "a fresh mount of the restored home starts", str(exc)))
         return stats
-    stats["paths_checked"] = check_paths(vol, oracle, history)
+    found = check_paths(vol, oracle, history)
+    stats["paths_checked"] = len(found)
     history.record("phase", name="writable")
     stats["folders_written"] = check_writable(cluster, vol, fresh_home, listings[0] if listings else {"": {"entries": {}}},
                                               history, settings)
+    stats["degraded_rounds"] = degraded_reads(cluster, fresh_home, found, lost, history, settings)
     return stats

@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     # SIGTERM unwinds like Ctrl-C, so the teardown still thaws, kills and unmounts everything.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    result = run(settings)
+    try:
+        result = run(settings)
+    except KeyboardInterrupt:  # run() has torn the cluster down on its way out
+        print("checker: interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
     sys.stdout.write(result.text)
     if result.kept:
         print(f"history, logs and report: {result.directory}")

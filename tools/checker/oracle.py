@@ -56,6 +56,18 @@ def render_set(states: Iterable[State]) -> str:
     return " | ".join(sorted((render(s) for s in states))) or "(nothing)"
 
 
+def classify(found: State, expected: set[State]) -> str:
+    """The finding kind for `found` outside `expected`: lost, resurrected or rollback (or unreadable or
+    corrupt, for the final check's read errors)."""
+    if isinstance(found, str) and found.startswith(("unreadable", "corrupt")):
+        return found.split(":")[0]
+    if found == ABSENT:
+        return "lost"
+    if expected == {ABSENT}:
+        return "resurrected"
+    return "rollback"
+
+
 def matches(found: State, states: set[State]) -> bool:
     """True if `found` is one of `states` (a file matches the wildcard ANY_FILE)."""
     return found in states or (isinstance(found, tuple) and ANY_FILE in states)
@@ -114,10 +126,10 @@ class Oracle:
     def observe(self, op_id: str, path: str, state: State) -> None:
         """The mount showed `path` in `state`: it must be a state the mount may show."""
         with self._lock:
-            expected = set(self.view[path])
+            expected, durable = set(self.view[path]), set(self.durable[path])
             self.view[path] = {state}
         if not matches(state, expected):
-            self._view_finding(op_id, path, render_set(expected), render(state))
+            self._finding(op_id, path, expected, durable, state)
 
     def observe_listed(self, op_id: str, path: str, listed: bool) -> None:
         """A listing of `path`'s folder showed it (`listed`) or not; the kind is not looked at."""
@@ -125,17 +137,25 @@ class Oracle:
             self.observe(op_id, path, ABSENT)
             return
         with self._lock:
-            expected = set(self.view[path])
+            expected, durable = set(self.view[path]), set(self.durable[path])
             present = {s for s in expected if s != ABSENT}
             self.view[path] = present or {ANY_FILE}
         if not present:
-            self._view_finding(op_id, path, render_set(expected), "present")
+            self._finding(op_id, path, expected, durable, ANY_FILE)
 
-    def _view_finding(self, op_id: str, path: str, expected: str, found: str) -> None:
-        self.history.find(Finding(
-            "view", path, expected, found,
-            f"op {op_id}: the mount shows a state none of its own operations can explain "
-            "(a change it acknowledged locally was lost or overwritten)"))
+    def _finding(self, op_id: str, path: str, view: set[State], durable: set[State], seen: State) -> None:
+        """A state outside what the network may hold breaks an acknowledgement, whoever sees it; one only
+        outside the mount's own view means the mount lost or was overwritten in a change it had accepted."""
+        found = "present" if seen == ANY_FILE else render(seen)
+        if seen == ANY_FILE and any(s != ABSENT for s in durable) or matches(seen, durable):
+            self.history.find(Finding(
+                "view", path, render_set(view), found,
+                f"op {op_id}: the mount shows a state none of its own successful operations leaves there "
+                "(its journal lost a change, or another writer's publish overwrote it)"))
+        else:
+            self.history.find(Finding(
+                classify(seen, durable), path,
+                render_set(durable), found, f"op {op_id} saw it through the mount during the run"))
 
     # ---- acknowledgements -------------------------------------------------------------
 

@@ -9,7 +9,9 @@ root, printed as JSON:
 Each entry is [kind, size, fingerprint of what the entry points to], so two
 reads that name the same files but different versions of them differ too.
 The final checks run it several times and compare: a folder that reads
-differently from one fresh process to the next flips.
+differently from one fresh process to the next flips. With `--read` each
+folder also gets "read": {name: the file's content as the oracle renders it,
+or "error: …"} for every file in it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from pluto_fs.tree import Tree
 from pluto_fs.volume import open_volume
 from transport.errors import TransportError
 
+from .oracle import render
+from .workload import decode
+
 FOLDER_TIMEOUT = 60.0
 
 
@@ -38,8 +43,9 @@ def fingerprint(entry: DirEntry) -> str:
     return hashlib.blake2b(repr(entry.child).encode(), digest_size=8).hexdigest()
 
 
-async def list_all(home: Home) -> dict[str, dict]:
-    """Every folder reachable from the root: its sequence number and entries, or the error reading it."""
+async def list_all(home: Home, read: bool = False) -> dict[str, dict]:
+    """Every folder reachable from the root: its sequence number and entries, or the error reading it;
+    with `read`, every file's content too."""
     out: dict[str, dict] = {}
     async with open_volume(home) as vol:
         tree = Tree(vol, vol.keys.root)
@@ -58,7 +64,20 @@ async def list_all(home: Home) -> dict[str, dict]:
                 if e.kind == "dir":
                     queue.append(f"{path}/{e.name}" if path else e.name)
             out[path] = {"seq": directory.seq, "entries": entries}
+            if read:
+                out[path]["read"] = {e.name: await _read(vol, e) for e in directory.entries if e.kind == "file"}
     return out
+
+
+async def _read(vol, entry: DirEntry) -> str:
+    """A file's content as the oracle renders it, or 'error: …'."""
+    try:
+        with trio.fail_after(FOLDER_TIMEOUT):
+            data = await vol.read_all(entry.child, entry.size)
+    except (PlutoError, TransportError, CryptreeError, trio.TooSlowError) as exc:
+        return f"error: {type(exc).__name__}: {exc}"
+    state = decode(data)
+    return render(state) if state is not None else f"error: {len(data)} bytes that are no checker content"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     volume could not be opened at all."""
     parser = argparse.ArgumentParser(prog="python -m tools.checker.probe", description=__doc__.split("\n")[0])
     parser.add_argument("--home", required=True, help="the pluto home to read with")
+    parser.add_argument("--read", action="store_true", help="read and decode every file too")
     args = parser.parse_args(argv)
     try:
-        listing = trio.run(list_all, Home(Path(args.home)))
+        listing = trio.run(list_all, Home(Path(args.home)), args.read)
     except (PlutoError, TransportError, CryptreeError) as exc:
         print(f"probe: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

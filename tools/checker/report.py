@@ -99,7 +99,7 @@ def render_text(summary: dict[str, Any], history: History) -> str:
         f"{s['acked_ops']} acknowledged something ({s['acks']} acknowledgements)",
         f"faults: {s['faults_injected']} injected {s['faults']}",
         f"final checks: {s.get('paths_checked', 0)} paths, {s.get('folders', 0)} folders x {s.get('probe_rounds', 0)} "
-        f"fresh reads, {s.get('folders_written', 0)} folders written",
+        f"fresh reads, {s.get('folders_written', 0)} folders written, {s.get('degraded_rounds', 0)} reads with n-k peers down",
     ]
     for r in s.get("repairs", []):
         out.append(f"repair with mount {r['mount']}'s home: exit {r['exit']} in {r['seconds']} s, "

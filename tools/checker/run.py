@@ -186,7 +186,7 @@ def run(settings: Settings) -> Result:
                     cluster.remount(m.index)
                 except RuntimeError as exc:
                     history.record("note", text=f"mount {m.index} could not be started for the final unmount: {exc}")
-        stats = final_checks(cluster, oracle, history, settings)
+        stats = final_checks(cluster, oracle, history, settings, set(nemesis.lost))
     except Exception:
         error = traceback.format_exc()
         history.record("error", text=error)
