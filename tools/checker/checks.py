@@ -14,6 +14,10 @@
 6. Still readable without n-k peers: with a seeded choice of n-k peers
    (fewer if some wiped peer was never repaired) killed, a fresh process
    must list every folder and read every file as the fresh mount did.
+7. No impossible acknowledgement: an fsync that had a new folder version to
+   publish (a write or append with fsync) cannot have returned 0 while so
+   many peers were down for its whole duration that no majority of a
+   folder's replicas could answer (only reachable with --aggressive).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import random
 import time
 from pathlib import Path
 
-from pluto_fs.home import Home
+from pluto_fs.home import Config, Home
 from pluto_fs.testing import MountedVolume
 
 from .fixture import Cluster
@@ -38,6 +42,7 @@ UNREADABLE = "unreadable"
 CORRUPT = "corrupt"
 PEERS_WAIT = 30.0  # seconds for the coordinator to list every restarted peer as alive again
 DEGRADED_ROUNDS = 2  # reads with n-k peers killed, each with another seeded choice of peers
+RESTART_MARGIN = 2.0  # seconds a restarted peer may have answered before the history says it is back
 
 
 def wait_for_peers(cluster: Cluster, home: Home, history: History) -> None:
@@ -226,8 +231,34 @@ def degraded_reads(cluster: Cluster, home: Home, found: dict[str, State], lost: 
     return DEGRADED_ROUNDS
 
 
+def impossible_acks(history: History, peers: int) -> int:
+    """Check 7: writes whose fsync returned 0 while fewer peers than a majority of a folder's replicas
+    were up for the whole call (and a little longer, since a restart is logged once it is done).
+    One finding for all of them; return how many there were."""
+    replicas = Config().slot_replicas
+    majority = min(replicas, peers) // 2 + 1
+    events = history.snapshot()
+    changes = [(e["t"], len(e["down"])) for e in events if e["type"] == "fault" and "down" in e]
+
+    def fewest_down(t0: float, t1: float) -> int:
+        before = [n for t, n in changes if t <= t0]
+        during = [n for t, n in changes if t0 < t <= t1 + RESTART_MARGIN]
+        return min([before[-1] if before else 0, *during])
+
+    bad = [e for e in events if e["type"] == "op" and e["ok"] and e["acked"] and e["kind"] in ("write", "append")
+           and peers - fewest_down(e["t0"], e["t"]) < majority]
+    if bad:
+        examples = "\n".join(f"{e['t0']:.2f}-{e['t']:.2f} {e['id']} {e['what']}: acked {', '.join(e['acked'])}"
+                             for e in bad[:8])
+        history.find(Finding(
+            "impossible-ack", None,
+            f"fsync fails (or waits) while fewer than {majority} of {peers} peers are up: a folder's {replicas} "
+            "replicas cannot have a majority", f"{len(bad)} writes acknowledged that way", examples))
+    return len(bad)
+
+
 def final_checks(cluster: Cluster, oracle: Oracle, history: History, settings: Settings, lost: set[int]) -> dict:
-    """Run checks 1-6 (module doc); findings go to the history; return counts for the report.
+    """Run checks 1-7 (module doc); findings go to the history; return counts for the report.
 
     `lost` are the peers wiped and never repaired: they count against the degraded reads' budget."""
     stats: dict = {}
@@ -256,4 +287,5 @@ def final_checks(cluster: Cluster, oracle: Oracle, history: History, settings: S
     stats["folders_written"] = check_writable(cluster, vol, fresh_home, listings[0] if listings else {"": {"entries": {}}},
                                               history, settings)
     stats["degraded_rounds"] = degraded_reads(cluster, fresh_home, found, lost, history, settings)
+    stats["impossible_acks"] = impossible_acks(history, cluster.peers)
     return stats

@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptree.identity import seed_to_phrase
-from pluto_fs.home import Home
+from cryptree.identity import new_seed, seed_to_phrase
+from pluto_fs.home import Config, Home
 from pluto_fs.localgrid import LocalGrid, child_env
 from pluto_fs.mount import is_mounted
-from pluto_fs.testing import MountedVolume, start_mounted_volume
+from pluto_fs.testing import MountedVolume, wait_for_placement
 
 from .settings import Settings
 
@@ -60,14 +60,23 @@ class Cluster:
     # ---- start ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the grid and the first home and mount."""
-        vol = start_mounted_volume(self.root / "m0", peers=self.settings.peers, timeout=self.settings.op_timeout)
-        self.grid = vol.grid
-        self._mountpoints.append(vol.path)
-        self.mounts.append(Mount(0, vol))
-        self.words = seed_to_phrase(vol.home.identity_path.read_bytes())
-        self._tune(vol.home)
-        vol.unmount()  # remount with the short timeouts above
+        """Start the grid and the first home and mount.
+
+        The grid is built here rather than by testing.start_mounted_volume, so that `self.grid`
+        exists before its first process does: an interrupted start still gets torn down."""
+        s = self.settings
+        home = Home(self.root / "m0" / "home")
+        # The peers are this user's own: their capacity is its storage-exchange allowance.
+        self.grid = LocalGrid(self.root / "m0" / "grid", peers=s.peers, capacity="4G", heartbeat=0.5,
+                              owner=home.device_id())
+        self.grid.start()
+        assert self.grid.coordinator is not None
+        seed = new_seed()
+        home.create(seed, Config(coordinator=self.grid.coordinator.address))
+        self._tune(home)
+        self.words = seed_to_phrase(seed)
+        wait_for_placement(home, s.peers)
+        self.mounts.append(Mount(0, self._volume(self.root / "m0", home, s.op_timeout)))
         self._mount(self.mounts[0])
 
     def start_devices(self) -> None:

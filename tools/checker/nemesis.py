@@ -13,8 +13,9 @@ The budget is the promise under test: at most n-k peers down (killed or
 frozen) or lost (wiped, not yet repaired) at any one time. A wiped peer
 stops counting once `pluto check --repair --now` exited 0; that repair runs
 while a mount is down for a kill-mount/lose-mount (no mount holds its home
-then). With `aggressive`, kills and freezes may exceed the budget (the
-checker then expects errors, not silent loss); wipes never do.
+then). With `aggressive`, kills and freezes may exceed the budget and last longer
+(so three or more peers are often down at once; the checker then expects
+errors, not silent loss); wipes never do.
 
 The schedule comes from the seed alone (`plan`). At run time a planned fault
 that would break the budget, or whose target is not in the state the plan
@@ -42,6 +43,7 @@ GAP = (2.0, 5.0)  # seconds between the starts of two faults
 PEER_FAULTS = ("kill-peer", "freeze-peer", "wipe-peer")
 MOUNT_FAULTS = ("kill-mount", "lose-mount")
 REMOUNT_TRIES = 5
+AGGRESSIVE_STRETCH = 2.5  # --aggressive: kills and freezes last this much longer, so 3 or more overlap
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ def plan(seed: int, peers: int, mounts: int, seconds: float, budget: int, aggres
         if kind in PEER_FAULTS and not (free and allowed):
             kind = rng.choice(MOUNT_FAULTS)
         lo, hi = DURATIONS[kind]
-        duration = round(rng.uniform(lo, hi), 2)
+        duration = round(rng.uniform(lo, hi) * (AGGRESSIVE_STRETCH if aggressive and kind in ("kill-peer", "freeze-peer")
+                                                else 1.0), 2)
         if kind in PEER_FAULTS:
             target = rng.choice(free)
             if kind == "wipe-peer":

@@ -9,7 +9,9 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 
 from . import report
@@ -24,6 +26,7 @@ from .workload import SETUP_FILE, SHARED, Namespace, Op, join, plan as plan_ops,
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 SUPERVISE_EVERY = 0.25  # seconds between checks that every mount process is still alive
+PLAN_SHOWN = 2000  # operations per mount written to plan.json (the history has every one that ran)
 
 
 @dataclass
@@ -41,7 +44,7 @@ class Result:
 class Worker(threading.Thread):
     """Runs one mount's planned operations in order, waiting while its mount is down."""
 
-    def __init__(self, cluster: Cluster, client: Client, ops: list[Op], stop: threading.Event, pace: float) -> None:
+    def __init__(self, cluster: Cluster, client: Client, ops: Iterable[Op], stop: threading.Event, pace: float) -> None:
         super().__init__(name=f"worker-m{client.mount}", daemon=True)
         self.cluster = cluster
         self.client = client
@@ -149,11 +152,13 @@ def run(settings: Settings) -> Result:
     oracle = Oracle(history)
     seconds = settings.minutes * 60
     ops = {m: plan_ops(settings.seed, m, settings.ops) for m in range(settings.mounts)}
+    shown = {m: list(islice(plan_ops(settings.seed, m, settings.ops), PLAN_SHOWN)) for m in ops}
     faults = plan_faults(settings.seed, settings.peers, settings.mounts, seconds, settings.fault_budget,
                          settings.aggressive)
     (directory / "plan.json").write_text(json.dumps(
         {"settings": {k: str(v) for k, v in asdict(settings).items()},
-         "ops": {m: [asdict(o) for o in v] for m, v in ops.items()}, "faults": [asdict(f) for f in faults]}, indent=1))
+         "first_ops": {m: [asdict(o) for o in v] for m, v in shown.items()}, "faults": [asdict(f) for f in faults]},
+        indent=1))
     cluster = Cluster(directory, settings)
     stop = threading.Event()
     nemesis: Nemesis | None = None
@@ -170,7 +175,7 @@ def run(settings: Settings) -> Result:
         workers = [Worker(cluster, c, ops[c.mount], stop, settings.pace) for c in clients]
         nemesis = Nemesis(cluster, faults, history, oracle, settings.fault_budget, settings.aggressive,
                           settings.repair_timeout)
-        history.record("phase", name="workload", ops=sum(len(v) for v in ops.values()), faults=len(faults))
+        history.record("phase", name="workload", ops=settings.ops * settings.mounts, faults=len(faults))
         for w in workers:
             w.start()
         nemesis.start()

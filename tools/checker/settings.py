@@ -13,7 +13,7 @@ class Settings:
     """One run: what to do, for how long, and how patient to be with the processes."""
 
     seed: int = 1
-    ops: int = 2000  # planned operations per mount (the run may end earlier, at `minutes`)
+    ops: int = 100_000  # planned operations per mount: the run ends at `ops` or `minutes`, whichever comes first
     mounts: int = 1
     peers: int = 5
     minutes: float = 2.0  # workload and nemesis time; setup and the final checks come on top

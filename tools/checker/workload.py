@@ -16,6 +16,7 @@ made) simply fail, and a failed operation acknowledges nothing.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 SHARED = ("a", "b", "c")  # folders both mounts write in (made at setup)
@@ -136,16 +137,15 @@ class Op:
         return what
 
 
-def plan(seed: int, mount: int, count: int) -> list[Op]:
-    """`count` operations for `mount`, from `seed` alone."""
+def plan(seed: int, mount: int, count: int) -> Iterator[Op]:
+    """`count` operations for `mount`, from `seed` alone, made as they are consumed (a run that ends at
+    --minutes never plans the 100,000 operations it was allowed)."""
     rng = random.Random(f"pluto-checker/{seed}/ops/m{mount}")
     ns = Namespace(mount)
     files: set[str] = set()  # what an ideal run would have now
     dirs: set[str] = set()
     kinds = list(WEIGHTS)
     weights = [WEIGHTS[k] for k in kinds]
-    ops: list[Op] = []
-
     def folders() -> list[str]:
         return ["", *SHARED, *sorted(dirs)]
 
@@ -157,8 +157,8 @@ def plan(seed: int, mount: int, count: int) -> list[Op]:
         lo, hi = LARGE if rng.random() < LARGE_SHARE else SMALL
         return rng.randint(lo, hi)
 
-    while len(ops) < count:
-        op_id = f"m{mount}.{len(ops)}"
+    for index in range(count):
+        op_id = f"m{mount}.{index}"
         kind = rng.choices(kinds, weights)[0]
         if kind == "write":
             path = some_file(existing=rng.random() < 0.5)
@@ -191,8 +191,7 @@ def plan(seed: int, mount: int, count: int) -> list[Op]:
             op = Op(op_id, mount, kind, some_file(existing=True))
         else:  # fsync_dir, list
             op = Op(op_id, mount, kind, rng.choice(folders()))
-        ops.append(op)
-    return ops
+        yield op
 
 
 # ---- contents ---------------------------------------------------------------------------
