@@ -131,8 +131,8 @@ def supervise(cluster: Cluster, workers: list[Worker], nemesis: Nemesis, deadlin
 
 def stop_workers(cluster: Cluster, workers: list[Worker], stop: threading.Event, history: History,
                  hang: float) -> None:
-    """Let each worker finish its current operation; one that hangs is a finding, and its mount is
-    killed so the system call returns."""
+    """Let each worker finish its current operation (the faults are over by now); one that hangs is a
+    finding, and its mount is killed so the system call returns."""
     stop.set()
     for w in workers:
         w.join(hang)
@@ -181,9 +181,10 @@ def run(settings: Settings) -> Result:
         nemesis.start()
         supervise(cluster, workers, nemesis, time.monotonic() + seconds, history)
         history.record("phase", name="stop")
-        stop_workers(cluster, workers, stop, history, settings.op_hang)
-        nemesis.stop_event.set()
+        stop.set()  # no new operation starts...
+        nemesis.stop_event.set()  # ...and every fault ends, so the ones still running can finish
         nemesis.join(300)
+        stop_workers(cluster, workers, stop, history, settings.op_hang)
         cluster.heal()
         for m in cluster.mounts:  # a mount left down (it died, or would not start) finishes its journal too
             if not m.up.is_set():
