@@ -125,3 +125,15 @@ def test_a_state_older_than_an_acknowledgement_seen_during_the_run_is_a_rollback
     o.ack("u1", "d/g", ABSENT)
     o.observe_listed("l1", "d/g", listed=True)
     assert [f.kind for f in o.history.findings] == ["rollback", "resurrected"]
+
+
+def test_a_folder_that_reappears_is_expected_back_as_a_folder_not_as_a_file(tmp_path: Path) -> None:
+    o = Oracle(History(tmp_path / "history.jsonl"))
+    o.track(["a"], owner=None, initial=DIR)
+    o.track(["a/m0-s0"], owner=0)
+    o.folders.add("a/m0-s0")
+    o.observe_listed("l1", "a/m0-s0", listed=True)  # nothing ever made it: resurrected...
+    assert [f.kind for f in o.history.findings] == ["resurrected"]
+    o.ack_present("s1", "a/m0-s0")  # ...and from now on it is a folder that must stay
+    assert o.expected("a/m0-s0") == {DIR}
+    assert not matches(ABSENT, o.expected("a/m0-s0"))

@@ -81,6 +81,7 @@ class Oracle:
         self.view: dict[str, set[State]] = {}
         self.durable: dict[str, set[State]] = {}
         self.owner: dict[str, int | None] = {}  # mount that writes the path; None for setup paths
+        self.folders: set[str] = set()  # tracked paths that are folders (the others are files)
         self._lock = threading.Lock()
 
     def track(self, paths: Iterable[str], owner: int | None, initial: State = ABSENT) -> None:
@@ -90,10 +91,18 @@ class Oracle:
                 self.view[p] = {initial}
                 self.durable[p] = {initial}
                 self.owner[p] = owner
+                if initial == DIR:
+                    self.folders.add(p)
 
     def track_namespace(self, ns: Namespace) -> None:
         """Track every path mount `ns.mount` owns, all absent at the start."""
         self.track(ns.paths(), ns.mount)
+        with self._lock:
+            self.folders.update(ns.subdirs())
+
+    def _present(self, path: str) -> State:
+        """`path` present, with what it holds unknown: a folder, or a file of any content."""
+        return DIR if path in self.folders else ANY_FILE
 
     # ---- writes -----------------------------------------------------------------------
 
@@ -139,22 +148,23 @@ class Oracle:
         with self._lock:
             expected, durable = set(self.view[path]), set(self.durable[path])
             present = {s for s in expected if s != ABSENT}
-            self.view[path] = present or {ANY_FILE}
+            self.view[path] = present or {self._present(path)}
         if not present:
-            self._finding(op_id, path, expected, durable, ANY_FILE)
+            self._finding(op_id, path, expected, durable, None)
 
-    def _finding(self, op_id: str, path: str, view: set[State], durable: set[State], seen: State) -> None:
+    def _finding(self, op_id: str, path: str, view: set[State], durable: set[State], seen: State | None) -> None:
         """A state outside what the network may hold breaks an acknowledgement, whoever sees it; one only
-        outside the mount's own view means the mount lost or was overwritten in a change it had accepted."""
-        found = "present" if seen == ANY_FILE else render(seen)
-        if seen == ANY_FILE and any(s != ABSENT for s in durable) or matches(seen, durable):
+        outside the mount's own view means the mount lost or was overwritten in a change it had accepted.
+        `seen` None: listed, so present, with what it holds not looked at."""
+        found = "present" if seen is None else render(seen)
+        if matches(seen, durable) if seen is not None else any(s != ABSENT for s in durable):
             self.history.find(Finding(
                 "view", path, render_set(view), found,
                 f"op {op_id}: the mount shows a state none of its own successful operations leaves there "
                 "(its journal lost a change, or another writer's publish overwrote it)"))
         else:
             self.history.find(Finding(
-                classify(seen, durable), path,
+                classify(self._present(path) if seen is None else seen, durable), path,
                 render_set(durable), found, f"op {op_id} saw it through the mount during the run"))
 
     # ---- acknowledgements -------------------------------------------------------------
@@ -171,7 +181,7 @@ class Oracle:
         file): its content is not pinned, but it may no longer be absent."""
         with self._lock:
             present = {s for s in self.durable[path] if s != ABSENT}
-            self.durable[path] = present or {ANY_FILE}
+            self.durable[path] = present or {self._present(path)}
         self.history.record("ack", op=op_id, path=path, state="present")
 
     # ---- faults -----------------------------------------------------------------------
