@@ -26,6 +26,7 @@ import errno
 import json
 import os
 import random
+import subprocess
 import time
 from pathlib import Path
 
@@ -83,16 +84,25 @@ def finish_mounts(cluster: Cluster, history: History, settings: Settings) -> Non
                                  "'could not upload everything' in its log", cluster.log_tail(m.vol)))
 
 
+def probe(cluster: Cluster, home: Home, *flags: str) -> tuple[dict[str, dict] | None, subprocess.CompletedProcess]:
+    """Run probe.py for `home` in a fresh process: (its JSON listing, or None if it printed none; the process)."""
+    res = cluster.python("tools.checker.probe", "--home", str(home.path), *flags, timeout=300)
+    try:
+        return json.loads(res.stdout), res
+    except ValueError:
+        return None, res
+
+
 def probe_rounds(cluster: Cluster, home: Home, history: History, rounds: int) -> list[dict[str, dict]]:
     """List every folder from `rounds` fresh processes; report flips and unreadable folders."""
     listings: list[dict[str, dict]] = []
     for r in range(rounds):
-        res = cluster.python("tools.checker.probe", "--home", str(home.path), timeout=300)
-        try:
-            listings.append(json.loads(res.stdout))
-        except ValueError:
+        listing, res = probe(cluster, home)
+        if listing is None:
             history.find(Finding("unreadable", "", "a fresh process lists the volume",
                                  f"probe exit {res.returncode}", res.stderr.strip()[-500:]))
+        else:
+            listings.append(listing)
         history.record("phase", name="probe", round=r, exit=res.returncode)
     folders = sorted({f for listing in listings for f in listing})
     for folder in folders:
@@ -180,13 +190,9 @@ def check_writable(cluster: Cluster, vol: MountedVolume, home: Home, listing: di
     if code != 0:
         history.find(Finding("unmount", None, "the final-check mount unmounts cleanly", f"exit code {code}",
                              cluster.log_tail(vol)))
-    res = cluster.python("tools.checker.probe", "--home", str(home.path), timeout=300)
-    try:
-        after = json.loads(res.stdout)
-    except ValueError:
-        after = {}
+    after = probe(cluster, home)[0] or {}
     for path in written:
-        folder, _, name = path.rpartition("/")
+        folder, name = split(path)
         if name not in after.get(folder, {}).get("entries", {}):
             history.find(Finding("wedged", folder, f"{name} (fsync returned 0) is listed by a fresh process",
                                  "it is not", json.dumps(after.get(folder, {}))[:300]))
@@ -209,18 +215,16 @@ def degraded_reads(cluster: Cluster, home: Home, found: dict[str, State], lost: 
         for i in down:
             cluster.kill_peer(i)
         try:
-            res = cluster.python("tools.checker.probe", "--home", str(home.path), "--read", timeout=300)
+            listing, res = probe(cluster, home, "--read")
         finally:
             for i in down:
                 cluster.restart_peer(i)
-        try:
-            listing = json.loads(res.stdout)
-        except ValueError:
+        if listing is None:
             history.find(Finding("degraded", "", f"the volume reads with peers {down} down (n-k = {settings.fault_budget})",
                                  f"probe exit {res.returncode}", res.stderr.strip()[-500:]))
             continue
         for path, state in found.items():
-            if state in (ABSENT, DIR) or not isinstance(state, tuple):
+            if not isinstance(state, tuple):  # folders, absent paths, what was unreadable already
                 continue
             folder, name = split(path)
             seen = listing.get(folder, {})

@@ -121,26 +121,13 @@ class Cluster:
 
     def cli(self, home: Home | None, *args: str, stdin: str | None = None,
             timeout: float = 120.0) -> subprocess.CompletedProcess:
-        """Run `pluto ARGS` (with --home of `home` when given) and capture its output.
-
-        A timeout is reported as exit code -9 with a note in stderr, never raised."""
-        argv = [sys.executable, "-m", "pluto_fs.cli", *args]
-        if home is not None:
-            argv += ["--home", str(home.path)]
-        try:
-            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout,
-                                  env=child_env(), stdin=None if stdin is not None else subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            return subprocess.CompletedProcess(argv, -9, _text(exc.stdout), _text(exc.stderr) + f"\n(timed out after {timeout:g} s)")
+        """Run `pluto ARGS` (with --home of `home` when given) and capture its output."""
+        home_args = ["--home", str(home.path)] if home is not None else []
+        return _run([sys.executable, "-m", "pluto_fs.cli", *args, *home_args], stdin, timeout)
 
     def python(self, module: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-        """Run `python -m MODULE ARGS` in a fresh process (like cli(), a timeout is exit code -9)."""
-        argv = [sys.executable, "-m", module, *args]
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=child_env(),
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            return subprocess.CompletedProcess(argv, -9, _text(exc.stdout), _text(exc.stderr) + f"\n(timed out after {timeout:g} s)")
+        """Run `python -m MODULE ARGS` in a fresh process and capture its output."""
+        return _run([sys.executable, "-m", module, *args], None, timeout)
 
     # ---- peers ------------------------------------------------------------------------
 
@@ -294,6 +281,17 @@ class Cluster:
                 subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
             if not is_mounted(mnt):
                 shutil.rmtree(mnt.parent, ignore_errors=True)  # the empty mountpoint and its temp parent
+
+
+def _run(argv: list[str], stdin: str | None, timeout: float) -> subprocess.CompletedProcess:
+    """Run `argv` with this checkout on PYTHONPATH; a timeout comes back as exit code -9 with a note
+    in stderr, never as an exception (a hung command is a finding, not a checker crash)."""
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, env=child_env(),
+                              stdin=None if stdin is not None else subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        return subprocess.CompletedProcess(argv, -9, _text(exc.stdout),
+                                           _text(exc.stderr) + f"\n(timed out after {timeout:g} s)")
 
 
 def _text(data: bytes | str | None) -> str:
