@@ -137,3 +137,15 @@ def test_a_folder_that_reappears_is_expected_back_as_a_folder_not_as_a_file(tmp_
     o.ack_present("s1", "a/m0-s0")  # ...and from now on it is a folder that must stay
     assert o.expected("a/m0-s0") == {DIR}
     assert not matches(ABSENT, o.expected("a/m0-s0"))
+
+
+def test_a_finding_quotes_the_history_up_to_the_moment_it_was_found(tmp_path: Path) -> None:
+    from tools.checker.report import history_slice
+
+    o = _oracle(tmp_path)
+    o.ack("w1", "d/f", ("w1",))
+    o.forget_view(0)
+    o.observe("r1", "d/f", ABSENT)  # found by r1, which acknowledges the absence right after
+    o.ack("r1", "d/f", ABSENT)
+    text = "\n".join(history_slice(o.history.snapshot(), o.history.findings[0]))
+    assert "last acknowledged at" in text and "by w1 as file[w1]" in text and "r1" not in text

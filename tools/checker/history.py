@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ class Finding:
     detail: str = ""
     violation: bool = True
     t: float = 0.0
-    related: list[str] = field(default_factory=list)  # other paths whose history explains it (a rename's source)
+    seq: int = 0  # how many events the history held when it was found: the report quotes only those
 
     def headline(self) -> str:
         """One line: kind, path, expected and found."""
@@ -65,6 +65,7 @@ class History:
         """Record a finding (stamped now) in the findings list and the log."""
         finding.t = round(self.now(), 3)
         with self._lock:
+            finding.seq = len(self.events)
             self.findings.append(finding)
         self.record("finding", **asdict(finding))
 

@@ -73,7 +73,7 @@ def _fault_line(e: dict[str, Any]) -> str:
 def history_slice(events: list[dict[str, Any]], finding: Finding) -> list[str]:
     """The operations behind a finding (on its path, or in its folder) up to the moment it was found,
     and the faults since the path's last acknowledgement before that, as report lines."""
-    events = [e for e in events if e["t"] <= finding.t]
+    events = events[:finding.seq]  # what had happened when it was found (an op's own acks come after)
     if finding.path is None:
         faults = [e for e in events if e["type"] == "fault"]
         return ["  faults before it:", *map(_fault_line, faults[-SLICE_FAULTS:])]

@@ -19,7 +19,7 @@ from .checks import final_checks
 from .client import Client
 from .fixture import Cluster
 from .history import Finding, History
-from .nemesis import Nemesis, plan as plan_faults
+from .nemesis import Fault, Nemesis, plan as plan_faults
 from .oracle import DIR, Oracle
 from .settings import Settings
 from .workload import SETUP_FILE, SHARED, Namespace, Op, join, plan as plan_ops, segment
@@ -144,24 +144,56 @@ def stop_workers(cluster: Cluster, workers: list[Worker], stop: threading.Event,
             w.join(30)
 
 
+def write_plan(directory: Path, settings: Settings, faults: list[Fault]) -> None:
+    """plan.json: the settings, the first operations of each mount and every planned fault."""
+    shown = {m: [asdict(o) for o in islice(plan_ops(settings.seed, m, settings.ops), PLAN_SHOWN)]
+             for m in range(settings.mounts)}
+    (directory / "plan.json").write_text(json.dumps(
+        {"settings": {k: str(v) for k, v in asdict(settings).items()}, "first_ops": shown,
+         "faults": [asdict(f) for f in faults]}, indent=1))
+
+
+def exercise(cluster: Cluster, settings: Settings, nemesis: Nemesis, oracle: Oracle, history: History,
+             stop: threading.Event) -> None:
+    """The workload under the nemesis, until the ops or the minutes run out; then every fault ended,
+    every operation finished and every mount running again."""
+    clients = [Client(m, oracle, history) for m in range(settings.mounts)]
+    for c in clients:
+        oracle.track_namespace(Namespace(c.mount))
+    workers = [Worker(cluster, c, plan_ops(settings.seed, c.mount, settings.ops), stop, settings.pace)
+               for c in clients]
+    history.record("phase", name="workload", ops=settings.ops * settings.mounts, faults=len(nemesis.faults))
+    for w in workers:
+        w.start()
+    nemesis.start()
+    supervise(cluster, workers, nemesis, time.monotonic() + settings.minutes * 60, history)
+    history.record("phase", name="stop")
+    stop.set()  # no new operation starts...
+    nemesis.stop_event.set()  # ...and every fault ends, so the ones still running can finish
+    nemesis.join(300)
+    stop_workers(cluster, workers, stop, history, settings.op_hang)
+    cluster.heal()
+    for m in cluster.mounts:  # a mount left down (it died, or would not start) finishes its journal too
+        if not m.up.is_set():
+            try:
+                cluster.remount(m.index)
+            except RuntimeError as exc:
+                history.record("note", text=f"mount {m.index} could not be started for the final unmount: {exc}")
+
+
 def run(settings: Settings) -> Result:
     """Run the checker with `settings` and return its result (the report is written next to the history)."""
     directory = settings.keep or Path(tempfile.mkdtemp(prefix="pluto-checker-"))
     directory.mkdir(parents=True, exist_ok=True)
     history = History(directory / "history.jsonl")
     oracle = Oracle(history)
-    seconds = settings.minutes * 60
-    ops = {m: plan_ops(settings.seed, m, settings.ops) for m in range(settings.mounts)}
-    shown = {m: list(islice(plan_ops(settings.seed, m, settings.ops), PLAN_SHOWN)) for m in ops}
-    faults = plan_faults(settings.seed, settings.peers, settings.mounts, seconds, settings.fault_budget,
-                         settings.aggressive)
-    (directory / "plan.json").write_text(json.dumps(
-        {"settings": {k: str(v) for k, v in asdict(settings).items()},
-         "first_ops": {m: [asdict(o) for o in v] for m, v in shown.items()}, "faults": [asdict(f) for f in faults]},
-        indent=1))
+    faults = plan_faults(settings.seed, settings.peers, settings.mounts, settings.minutes * 60,
+                         settings.fault_budget, settings.aggressive)
+    write_plan(directory, settings, faults)
     cluster = Cluster(directory, settings)
     stop = threading.Event()
-    nemesis: Nemesis | None = None
+    nemesis = Nemesis(cluster, faults, history, oracle, settings.fault_budget, settings.aggressive,
+                      settings.repair_timeout)
     stats: dict = {}
     error = ""
     try:
@@ -169,43 +201,22 @@ def run(settings: Settings) -> Result:
         cluster.start()
         setup(cluster, oracle, history)
         cluster.start_devices()
-        clients = [Client(m, oracle, history) for m in range(settings.mounts)]
-        for c in clients:
-            oracle.track_namespace(Namespace(c.mount))
-        workers = [Worker(cluster, c, ops[c.mount], stop, settings.pace) for c in clients]
-        nemesis = Nemesis(cluster, faults, history, oracle, settings.fault_budget, settings.aggressive,
-                          settings.repair_timeout)
-        history.record("phase", name="workload", ops=settings.ops * settings.mounts, faults=len(faults))
-        for w in workers:
-            w.start()
-        nemesis.start()
-        supervise(cluster, workers, nemesis, time.monotonic() + seconds, history)
-        history.record("phase", name="stop")
-        stop.set()  # no new operation starts...
-        nemesis.stop_event.set()  # ...and every fault ends, so the ones still running can finish
-        nemesis.join(300)
-        stop_workers(cluster, workers, stop, history, settings.op_hang)
-        cluster.heal()
-        for m in cluster.mounts:  # a mount left down (it died, or would not start) finishes its journal too
-            if not m.up.is_set():
-                try:
-                    cluster.remount(m.index)
-                except RuntimeError as exc:
-                    history.record("note", text=f"mount {m.index} could not be started for the final unmount: {exc}")
+        exercise(cluster, settings, nemesis, oracle, history, stop)
         stats = final_checks(cluster, oracle, history, settings, set(nemesis.lost))
     except Exception:
         error = traceback.format_exc()
         history.record("error", text=error)
     finally:
         stop.set()
-        if nemesis is not None:
-            nemesis.stop_event.set()
+        nemesis.stop_event.set()
+        if nemesis.is_alive():  # let it end its faults first, or it could restart a peer after the teardown
+            nemesis.join(120)
         cluster.close()
     summary = report.summarize(history, {
         "seed": settings.seed, "mounts": settings.mounts, "peers": settings.peers, "aggressive": settings.aggressive,
         "planned_ops": settings.ops * settings.mounts, "planned_faults": len(faults),
         "seconds": history.now(), "probe_rounds": settings.probe_rounds, "directory": str(directory),
-        "repairs": nemesis.repairs if nemesis else [], "skipped_faults": nemesis.skipped if nemesis else 0,
+        "repairs": nemesis.repairs, "skipped_faults": nemesis.skipped,
         "error": error.strip().splitlines()[-1] if error else "", **stats})
     text = report.write(directory, summary, history)
     history.close()
