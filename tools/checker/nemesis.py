@@ -118,7 +118,6 @@ class Nemesis(threading.Thread):
         self.down: dict[int, str] = {}  # peer -> "killed" / "frozen"
         self.lost: set[int] = set()
         self.mounts_down: set[int] = set()
-        self.counts: dict[str, int] = {}
         self.skipped = 0
         self.repairs: list[dict] = []
         self.error: BaseException | None = None
@@ -176,7 +175,6 @@ class Nemesis(threading.Thread):
             self.skipped += 1
             self._log("skip", fault.target, planned=fault.describe(), reason=reason)
             return
-        self.counts[fault.kind] = self.counts.get(fault.kind, 0) + 1
         c, i = self.cluster, fault.target
         if fault.kind == "kill-peer":
             c.kill_peer(i)
