@@ -112,8 +112,10 @@ def supervise(cluster: Cluster, workers: list[Worker], nemesis: Nemesis, deadlin
             code = cluster.died(m.index)
             if code is None:
                 continue
+            tail = cluster.log_tail(m.vol)
+            last_words = [line for line in tail.splitlines() if line.startswith("pluto: ")][-1:]
             history.find(Finding("mount-died", None, f"mount {m.index} keeps running (it retries what fails)",
-                                 f"it exited with code {code}", cluster.log_tail(m.vol)))
+                                 f"it exited with code {code}" + (f" ({last_words[0]})" if last_words else ""), tail))
             cluster.mark_dead(m.index)
             try:
                 cluster.remount(m.index)
