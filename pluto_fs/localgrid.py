@@ -120,6 +120,11 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def child_env() -> dict[str, str]:
+    """The environment for a pluto subprocess: this checkout first on PYTHONPATH."""
+    return _child_env()
+
+
 def _pluto(*args: str) -> list[str]:
     return [sys.executable, "-m", "pluto_fs.cli", *args]
 
@@ -176,6 +181,31 @@ class LocalGrid:
         self.storage[i].stop()
         self.storage[i] = self._peer_process(i, port)
         self.storage[i].start()
+
+    def peer_store(self, i: int) -> Path:
+        """The directory storage peer `i` keeps its key, fragments and slots in."""
+        return self.root / f"peer{i}"
+
+    def freeze_peer(self, i: int) -> None:
+        """SIGSTOP storage peer `i`: it keeps its connections open and never answers (a hung machine)."""
+        if self.storage[i].alive():
+            self.storage[i].proc.send_signal(signal.SIGSTOP)
+
+    def thaw_peer(self, i: int) -> None:
+        """SIGCONT storage peer `i` (harmless when it is not frozen)."""
+        if self.storage[i].alive():
+            self.storage[i].proc.send_signal(signal.SIGCONT)
+
+    def wipe_peer(self, i: int) -> None:
+        """A peer whose disk was lost: kill -9 it, delete everything it stored but its key
+        (peer.key, so it keeps its identity), and start it again on its port."""
+        import shutil
+
+        self.storage[i].kill()
+        for entry in self.peer_store(i).iterdir():
+            if entry.name != "peer.key":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        self.restart_peer(i)
 
     def restart_all(self) -> None:
         """Stop every process and start it again on the same port and state."""

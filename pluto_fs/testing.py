@@ -140,6 +140,11 @@ def start_mounted_volume(root: Path, peers: int = 5, timeout: float = 30.0, own_
         raise
 
 
+def wait_for_placement(home: Home, want: int) -> None:
+    """Until the coordinator offers `want` peers for placement to `home` (at most 30 s)."""
+    _wait_for_placement(home, want)
+
+
 def _wait_for_placement(home: Home, want: int) -> None:
     import trio
 
