@@ -109,11 +109,13 @@ class FsModel:
         self.shares = shares
         self.shared: DirNode | None = None  # the virtual `shared/` folder in the root
         self.allowance: tuple[int, int] | None = None  # storage exchange (allowed, used) raw bytes, if known
-        # Folders to read again from the network (opened after REFRESH_AFTER), and the kernel's
-        # entry cache to correct when a merge changed names (set by the FUSE layer).
+        # Folders to read again from the network (opened after REFRESH_AFTER). The kernel is not
+        # told which names a merge changed: it trusts entries for ENTRY_TIMEOUT (1 s) anyway, and a
+        # reverse invalidation waits for the folder's lock, which a pending fsync(dir) holds: if the
+        # mount is killed then, neither can finish and the fsync hangs for good (the fault checker
+        # hit it).
         self.refresh_wanted: dict[DirNode, None] = {}
         self.refresh_event = trio.Event()
-        self.forget_names: Callable[[int, list[str]], None] = lambda ino, names: None
         self._drop_stale_cache()
 
     # ---- inodes ------------------------------------------------------------------
@@ -726,8 +728,6 @@ class FsModel:
         d.refreshed = trio.current_time()
         if result.conflicts:
             log.warning("concurrent changes to the same names elsewhere: kept both, as %s", ", ".join(result.conflicts))
-        if result.names and d.ino:
-            self.forget_names(d.ino, result.names)
         d.journal_gen = None  # rows changed everywhere: written whole at the next change
         if isinstance(d.cap, WriteCap) and (d.dirty or result.ours_left):
             self.touch_dir(d, times=False)

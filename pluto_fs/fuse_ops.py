@@ -38,13 +38,6 @@ ATTR_TIMEOUT = 1.0  # seconds the kernel may trust attributes
 RMDIR_REFRESH_TIMEOUT = 3.0  # seconds rmdir waits to learn whether another writer filled the folder
 
 
-def _forget_names(parent_ino: int, names: list[str]) -> None:
-    """Tell the kernel that these names in a folder changed underneath it (a merge of another writer's
-    version), so it asks again rather than serving its cached entries."""
-    for name in names:
-        pyfuse3.invalidate_entry_async(parent_ino, name.encode(), ignore_enoent=True)
-
-
 def _name(raw: bytes) -> str:
     """A name from the kernel as text; pluto stores UTF-8 names only."""
     if len(raw) > MAX_NAME_BYTES:
@@ -81,7 +74,6 @@ class PlutoOperations(pyfuse3.Operations):
     def __init__(self, model: FsModel, op_timeout: float = 30.0, statfs_source: Callable | None = None) -> None:
         super().__init__()
         self.model = model
-        model.forget_names = _forget_names
         self.op_timeout = op_timeout
         self.statfs_source = statfs_source
         self._handles: dict[int, Handle] = {}

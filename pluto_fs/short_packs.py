@@ -99,7 +99,7 @@ async def complete_short_pack(volume: Volume, writer: bytes, nonce: bytes, read_
     try:
         seq, layout, peers = await packs.fetch_record(cap)
     except NotEnoughPeers as exc:
-        log.info("a pack with a missing fragment column: record unreadable for now (%s); trying again", exc)
+        log.debug("a pack with a missing fragment column: record unreadable for now (%s); trying again", exc)
         return False
     missing = [col for col, peer in enumerate(peers) if peer is None]
     if not missing:
@@ -112,13 +112,15 @@ async def complete_short_pack(volume: Volume, writer: bytes, nonce: bytes, read_
     try:
         result = await repair_pack(volume, health, missing)
     except (NotEnoughPeers, PlutoError, TransportError) as exc:
-        log.info("a pack's missing fragment column is not placed yet (%s); trying again", exc)
+        log.debug("a pack's missing fragment column is not placed yet (%s); trying again", exc)
         return False
     except ValueError:  # a malformed record or layout: say so loudly, but keep the mount serving
         log.warning("placing a pack's missing fragment column failed; trying again", exc_info=True)
         return False
     if not result.complete:
-        log.info("%d fragment column(s) of a pack not placed yet (%s); trying again",
+        # debug: with a peer away every new pack is short, and each is tried again with backoff;
+        # `pluto status` counts them (packs_short)
+        log.debug("%d fragment column(s) of a pack not placed yet (%s); trying again",
                  len(result.unplaced), "; ".join(sorted(set(result.unplaced.values()))))
         return False
     log.info("placed %d missing fragment column(s) of a pack", len(result.placed))

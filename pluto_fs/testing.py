@@ -68,7 +68,13 @@ class MountedVolume:
         """kill -9 of the mount process (a crash), then detach the dead mount."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                # A thread stuck in the kernel on its own mount keeps a killed process from dying,
+                # and so the mount from going away: abort the FUSE connection, as a person would.
+                abort_fuse_connection(self.path)
+                self.proc.wait(30)
         self.proc = None
         self._lazy_unmount()
 
@@ -151,3 +157,27 @@ def _wait_for_placement(home: Home, want: int) -> None:
     from .cli_mount import _wait_for_peers
 
     trio.run(_wait_for_peers, home, want)
+
+
+def abort_fuse_connection(mountpoint: Path) -> bool:
+    """Abort the FUSE connection behind `mountpoint` (/sys/fs/fuse/connections/N/abort); False if it is
+    not a FUSE mount or the control filesystem cannot be reached. Every request waiting on it fails
+    with ENOTCONN, so nothing stays blocked on a daemon that cannot answer."""
+    minor = None
+    target = os.path.realpath(mountpoint)
+    with open("/proc/self/mountinfo") as f:  # not stat(): that would wait on the stuck daemon too
+        for line in f:
+            fields = line.split()
+            if fields[4].replace("\\040", " ") == target and " - fuse" in line:
+                minor = fields[2].split(":")[1]
+    if minor is None:
+        return False
+    control = Path("/sys/fs/fuse/connections")
+    if not (control / minor).exists():
+        subprocess.run(["mount", "-t", "fusectl", "none", str(control)], capture_output=True)
+    abort = control / minor / "abort"
+    try:
+        abort.write_text("1")
+    except OSError:
+        return False
+    return True
