@@ -75,12 +75,13 @@ def merge_remote(model: FsModel, d: DirNode, remote: Directory) -> MergeResult:
     theirs: dict[str, DirEntry | Tombstone] = {e.name: e for e in (*remote.tombstones, *remote.entries)}
     local_losers: list[Node] = []
     remote_losers: list[DirEntry] = []
+    busy = model.busy_folders()
     for name in sorted((kids.keys() | dead.keys() | theirs.keys()) - model.virtual_names(d)):
         node = kids.get(name)
         mine: DirEntry | Tombstone | None
         pending = False
         if node is not None:
-            mine, pending = local_side(d, node, model.tag, model.busy_below(node))
+            mine, pending = local_side(d, node, model.tag, node in busy)
         else:
             mine = dead.get(name)
         other = theirs.get(name)

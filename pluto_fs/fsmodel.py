@@ -732,17 +732,16 @@ class FsModel:
         if isinstance(d.cap, WriteCap) and (d.dirty or result.ours_left):
             self.touch_dir(d, times=False)
 
-    def busy_below(self, node: Node) -> bool:
-        """Whether anything inside folder `node` waits to be published (a merge must not drop it)."""
-        if not isinstance(node, DirNode):
-            return False
+    def busy_folders(self) -> set[DirNode]:
+        """Folders with something inside them (at any depth, or themselves) waiting to be published:
+        a merge must not drop them. One walk up from each pending item."""
+        busy: set[DirNode] = set()
         for pending in (*self.dirty_dirs, *self.dirty_files):
-            up: Node | None = pending
-            while up is not None:
-                if up is node:
-                    return True
+            up = pending if isinstance(pending, DirNode) else pending.parent
+            while up is not None and up not in busy:
+                busy.add(up)
                 up = up.parent
-        return False
+        return busy
 
     async def refresh(self, d: DirNode, force: bool = False) -> None:
         """Read `d` again from the network if it was read more than REFRESH_AFTER ago (always with `force`),

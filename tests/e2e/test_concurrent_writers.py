@@ -153,3 +153,23 @@ def test_a_follower_writing_into_a_write_share_is_not_overwritten_by_the_owner(t
         if carol_vol is not None:
             carol_vol.kill()
         owner_vol.close()
+
+
+def test_removing_a_folder_another_device_just_wrote_into_is_refused(two_devices, tmp_path: Path) -> None:
+    import errno
+
+    a, b = two_devices
+    (a.path / "shared" / "box").mkdir()
+    fsync_dir(a.path / "shared")
+    assert wait_until(lambda: "box" in os.listdir(b.path / "shared"), what="b sees box")
+    assert os.listdir(b.path / "shared" / "box") == []
+    write_durably(a.path / "shared" / "box" / "letter.txt", b"posted on a")
+    # b still lists box as empty, but rmdir looks at the network first: the letter is not orphaned
+    try:
+        os.rmdir(b.path / "shared" / "box")
+    except OSError as exc:
+        assert exc.errno == errno.ENOTEMPTY
+    else:
+        raise AssertionError("rmdir removed a folder another device had just written into")
+    reader = restore_home(a.home, a.grid, tmp_path / "reader")
+    assert ls(reader, "/shared/box") == ["letter.txt"]
