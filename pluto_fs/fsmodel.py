@@ -63,7 +63,7 @@ from .journal_rows import (
     tombstone_row,
 )
 from .nodes import DirNode, FileNode, Node, SymlinkNode, mode_of, now_ns
-from .publish_plan import note_attempt, note_published, plan_publish
+from .publish_plan import PublishPlan, note_published, note_sending, plan_publish
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -684,20 +684,17 @@ class FsModel:
                 version = d.version
                 plan = plan_publish(d, self.tag, self.virtual_names(d), now_ns())
                 attrs = DirAttrs(d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs)
+                before = {id(s.node): _row_state(s.node) for s in plan.sent}
+                note_sending(d, plan)
+                before = self._journal_moved_rows(d, plan, before)  # a crash mid-write must remember it too
                 try:
                     await self.volume.save_dir(d.cap, plan.entries, attrs, d.seq, tombstones=plan.tombstones)
                     break
                 except ConflictError:
-                    note_attempt(d, plan)
                     remote, _ = await self.volume.load_folder(d.cap, missing_ok=d is self.root)
                     self._merge(d, remote)
-                except BaseException:
-                    note_attempt(d, plan)
-                    raise
             else:
                 raise ConflictError("a folder keeps changing elsewhere; will retry")
-            before = {id(s.node): _row_state(s.node) for s in plan.sent}
-            note_attempt(d, plan)
             d.seq += 1
             d.refreshed = trio.current_time()
             revived = note_published(d, plan)
@@ -707,11 +704,8 @@ class FsModel:
             # holds exactly what the rows say: they may be marked clean.
             clean = d.version == version and not plan.held_back
             with self.journal.transaction():
-                if d.journal_gen == self.journal.generation:  # the rows mirror the folder: keep them exact
-                    for sent in plan.sent:  # only rows whose versions or flags moved (O(changes), not O(folder))
-                        n = sent.node
-                        if n.parent is d and d.children.get(n.name) is n and before[id(n)] != _row_state(n):
-                            self.journal.put_entry(d.cap.writer, n.name, entry_row(n))
+                self._journal_moved_rows(d, plan, before)
+                if d.journal_gen == self.journal.generation:
                     for name in revived:
                         self._journal_tombstone(d, name)
                 self.journal.folder_published(d.cap.writer, d.seq, clean)
@@ -721,6 +715,20 @@ class FsModel:
             if clean:  # only once the journal says so too (a full disk keeps both saying "dirty")
                 d.dirty = False
                 self.dirty_dirs.discard(d)
+
+    def _journal_moved_rows(self, d: DirNode, plan: PublishPlan, before: dict[int, tuple]) -> dict[int, tuple]:
+        """Journal the rows of `plan`'s nodes whose versions or flags moved since `before` (O(changes), not
+        O(folder)), when the folder's rows mirror it; return the new states."""
+        after = {id(s.node): _row_state(s.node) for s in plan.sent}
+        if d.journal_gen != self.journal.generation or after == before:
+            return after
+        assert isinstance(d.cap, WriteCap) and d.children is not None
+        with self.journal.transaction():
+            for sent in plan.sent:
+                n = sent.node
+                if n.parent is d and d.children.get(n.name) is n and before.get(id(n)) != after[id(n)]:
+                    self.journal.put_entry(d.cap.writer, n.name, entry_row(n))
+        return after
 
     def _merge(self, d: DirNode, remote: Directory) -> None:
         """Fold the network's newer version of `d` into the tree and journal the result whole."""

@@ -95,27 +95,29 @@ def _still_there(d: DirNode, s: Sent) -> bool:
     return s.node.parent is d and s.node.name == s.name and d.children is not None and d.children.get(s.name) is s.node
 
 
-def note_attempt(d: DirNode, plan: PublishPlan) -> None:
-    """Every version sent is now the last one sent, whether or not the write was acknowledged
-    (it may have reached a minority of replicas): the next different state needs a newer one."""
+def note_sending(d: DirNode, plan: PublishPlan) -> None:
+    """Called before the write: every entry in `plan` may be on the network from now on, whatever the
+    write's outcome (it may reach only a minority of replicas). So each node's version is the one sent
+    (the next different state needs a newer one), and a node renamed or removed while the write runs
+    leaves a tombstone that descends from it — else a merge could bring the old name back."""
     for s in plan.sent:
         if not _still_there(d, s):
-            continue  # renamed or removed meanwhile: its version belongs to its new place now
+            continue
         s.node.vv = s.version
+        s.node.on_network = True
         if s.held:
             assert isinstance(s.node, FileNode)
             s.node.held_vv = s.version
 
 
 def note_published(d: DirNode, plan: PublishPlan) -> list[str]:
-    """The network now holds `plan`: nodes sent as they are are no longer changed, and tombstones under
-    names that are live again are done. Returns the tombstones dropped."""
+    """The network now holds `plan` (acknowledged): nodes sent as they are are no longer changed, and
+    tombstones under names that are live again are done. Returns the tombstones dropped."""
     dropped: list[str] = []
     for s in plan.sent:
         n = s.node
         if not _still_there(d, s):
             continue  # moved or removed while the publish ran: its new place says what it is
-        n.on_network = True
         if not s.held and n.edits == s.edits:
             n.changed = False
         if n.name in d.tombstones:

@@ -69,14 +69,32 @@ class RetrySchedule:
         """The time of the earliest try scheduled (inf when nothing is short)."""
         return min(self._due.values(), default=math.inf)
 
+    def all_due(self, now: float) -> None:
+        """Try every pack at once (a peer came back: the backoff was waiting for exactly that)."""
+        for key in self._due:
+            self._due[key], self._delay[key] = now, self.first
+
+
+PEERS_LOOK_EVERY = 5.0  # seconds between looks at which peers are alive (one that returns ends the backoff)
+
 
 async def place_short_packs(volume: Volume) -> None:
-    """Forever: complete every short pack of `volume` (new ones at once, failing ones with backoff)."""
+    """Forever: complete every short pack of `volume` (new ones at once, failing ones with backoff,
+    all of them again as soon as a peer comes back)."""
     packs = volume.packs
     schedule = RetrySchedule()
+    alive: set[bytes] = set()
     while True:
         short = packs.short_packs()
         schedule.track(short, trio.current_time())
+        if short:
+            try:
+                now_alive = {pid for pid, r in (await volume.net.peers()).items() if r.alive}
+            except PlutoError:
+                now_alive = alive
+            if now_alive - alive:
+                schedule.all_due(trio.current_time())
+            alive = now_alive
         due = schedule.due(trio.current_time())
         for writer in due:
             nonce, read_key = short[writer]
@@ -85,8 +103,15 @@ async def place_short_packs(volume: Volume) -> None:
                 schedule.failed(writer, trio.current_time())
         if due:
             continue  # look again at once: packs may have come or gone meanwhile
-        with trio.move_on_after(max(0.0, schedule.next_try() - trio.current_time())):
+        wait = min(schedule.next_try() - trio.current_time(), PEERS_LOOK_EVERY if short else math.inf)
+        with trio.move_on_after(max(0.0, wait)):
             await packs.wait_short_added()
+
+
+async def complete_short_packs_once(volume: Volume) -> None:
+    """One try at every short pack (the mount's last act before it unmounts)."""
+    for writer, (nonce, read_key) in sorted(volume.packs.short_packs().items()):
+        await complete_short_pack(volume, writer, nonce, read_key)
 
 
 async def complete_short_pack(volume: Volume, writer: bytes, nonce: bytes, read_key: bytes) -> bool:
