@@ -59,6 +59,8 @@ from .journal_rows import (
     entry_row,
     node_from_row,
     own_attrs_row,
+    shadow_key,
+    shadow_row,
     tombstone_key,
     tombstone_row,
 )
@@ -311,6 +313,9 @@ class FsModel:
             if isinstance(item, Tombstone):
                 d.tombstones[item.name] = item
                 continue
+            if isinstance(item, DirEntry):
+                d.shadows[item.name] = item
+                continue
             if isinstance(item, RestoredFile):
                 node: Node = item.node
                 cache_id = item.cache_id
@@ -372,6 +377,8 @@ class FsModel:
                         journal.put_entry(writer, gone, entry_row(there))
                     if gone in d.tombstones:  # the network had it: remember the name as deleted
                         self._journal_tombstone(d, gone)
+                    if gone in d.shadows:  # ...and what it had there, should the name be taken again
+                        journal.put_entry(writer, shadow_key(gone), shadow_row(d.shadows[gone]))
                 if entry is not None and entry is not self.shared:
                     journal.put_entry(writer, entry.name, entry_row(entry))
             self._journal_folder_row(d)
@@ -382,6 +389,7 @@ class FsModel:
         assert isinstance(d.cap, WriteCap) and d.children is not None
         rows = [(n.name, entry_row(n)) for n in d.children.values() if n is not self.shared]
         rows += [(tombstone_key(t.name), tombstone_row(t)) for t in d.tombstones.values()]
+        rows += [(shadow_key(e.name), shadow_row(e)) for e in d.shadows.values()]
         self.journal.replace_entries(d.cap.writer, rows)
         d.journal_gen = self.journal.generation
 
@@ -470,10 +478,26 @@ class FsModel:
             node.held_vv = None
 
     def _leave_name(self, d: DirNode, node: Node) -> None:
-        """`node` leaves its name in `d`: if the network has it there, remember the name as deleted."""
+        """`node` leaves its name in `d`: if the network has it there, remember the name as deleted, and
+        what the network has there (a node renamed over it publishes that until it can publish itself)."""
         if node.on_network:
             d.tombstones[node.name] = Tombstone(node.name, now_ns(), versions.bumped(node.vv, self.tag))
+            shadow = self._network_entry(node)
+            if shadow is not None:
+                d.shadows[node.name] = shadow
             node.on_network = False
+
+    @staticmethod
+    def _network_entry(n: Node) -> DirEntry | None:
+        """The entry the network has for `n` at its name, as far as a stand-in needs it (files with
+        content and symlinks; folders are replaced only when empty)."""
+        common = dict(mode=n.mode, uid=n.uid, gid=n.gid, atime_ns=n.atime_ns, ctime_ns=n.ctime_ns,
+                      xattrs=n.xattrs, version=n.vv)
+        if isinstance(n, FileNode) and n.content is not None:
+            return DirEntry(n.name, n.content, size=n.content_size, mtime_ns=n.content_mtime_ns, **common)
+        if isinstance(n, SymlinkNode):
+            return DirEntry(n.name, Symlink(n.target), size=len(n.target), mtime_ns=n.mtime_ns, **common)
+        return None
 
     def detach(self, node: Node) -> None:
         """Take `node` out of its directory (unlink, rmdir, or replaced by a rename)."""
@@ -697,7 +721,7 @@ class FsModel:
                 raise ConflictError("a folder keeps changing elsewhere; will retry")
             d.seq += 1
             d.refreshed = trio.current_time()
-            revived = note_published(d, plan)
+            revived, unshadowed = note_published(d, plan)
             was_new = d.new
             d.new = False
             # `version` bumps on every change, so an unchanged version means the network now
@@ -708,6 +732,8 @@ class FsModel:
                 if d.journal_gen == self.journal.generation:
                     for name in revived:
                         self._journal_tombstone(d, name)
+                    for name in unshadowed:
+                        self.journal.drop_entry(d.cap.writer, shadow_key(name))
                 self.journal.folder_published(d.cap.writer, d.seq, clean)
                 d.journal_row = None  # the row's seq and dirty flag changed
                 if was_new and d.parent is not None:

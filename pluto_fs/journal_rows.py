@@ -7,6 +7,8 @@ Rows are CBOR lists; the first field says what the row holds:
     1 folder   [1, name, mode, uid, gid, atime, mtime, ctime, {xattrs}, cap, new, vv, changed, on_network]
     2 symlink  [2, name, mode, uid, gid, atime, mtime, ctime, {xattrs}, target, vv, changed, on_network]
     3 deleted  [3, name, deleted_ns, vv]            stored under the key TOMBSTONE_PREFIX + name
+    4 shadow   [4, name, entry]                     what the network had under a name whose new node is not
+                                                    publishable yet; key SHADOW_PREFIX + name
 
 `vv`, `changed`, `on_network`, `content_mtime` and `held_vv` came with
 merging several writers (journal format 3); rows written by an older pluto
@@ -23,18 +25,24 @@ import cbor2
 
 from cryptree import versions
 from cryptree.caps import parse_cap
-from cryptree.dirnode import Tombstone
+from cryptree.dirnode import DirEntry, Tombstone, decode_entry, encode_entry
 from cryptree.filenode import decode_content, encode_content
 
 from .nodes import DirNode, FileNode, Node, SymlinkNode
 
-FILE, FOLDER, SYMLINK, DELETED = 0, 1, 2, 3
+FILE, FOLDER, SYMLINK, DELETED, SHADOW = 0, 1, 2, 3, 4
 TOMBSTONE_PREFIX = "\0"  # no entry name can hold NUL: a deleted name's row never collides with a live one
+SHADOW_PREFIX = "\0\0"
 
 
 def tombstone_key(name: str) -> str:
     """The journal key of the row that remembers `name` was deleted."""
     return TOMBSTONE_PREFIX + name
+
+
+def shadow_key(name: str) -> str:
+    """The journal key of the row that keeps a replaced name's last published entry."""
+    return SHADOW_PREFIX + name
 
 
 def _vv(version: versions.Version | None) -> Any:
@@ -64,6 +72,11 @@ def tombstone_row(t: Tombstone) -> bytes:
     return cbor2.dumps([DELETED, t.name, t.deleted_ns, _vv(t.version)])
 
 
+def shadow_row(entry: DirEntry) -> bytes:
+    """A replaced name's last published entry as the journal keeps it."""
+    return cbor2.dumps([SHADOW, entry.name, encode_entry(entry)])
+
+
 def own_attrs_row(d: DirNode) -> bytes:
     """A folder's own attributes as the journal keeps them."""
     return cbor2.dumps([d.mode, d.uid, d.gid, d.atime_ns, d.mtime_ns, d.ctime_ns, d.xattrs])
@@ -84,12 +97,15 @@ class RestoredFile:
     cache_id: str | None
 
 
-def node_from_row(raw: bytes, ino: int, parent: DirNode) -> Node | RestoredFile | Tombstone:
-    """A child (or a tombstone) from its row; files come with the cache id their pending data is in."""
+def node_from_row(raw: bytes, ino: int, parent: DirNode) -> Node | RestoredFile | Tombstone | DirEntry:
+    """A child (or a tombstone, or a shadow entry) from its row; files come with the cache id their
+    pending data is in."""
     row = cbor2.loads(raw)
     kind = row[0]
     if kind == DELETED:
         return Tombstone(row[1], row[2], _unvv(row[3]))
+    if kind == SHADOW:
+        return decode_entry(row[2])
     name, mode, uid, gid, at, mt, ct, xattrs = row[1:9]
     common = (ino, name, parent, mode, uid, gid, at, mt, ct, dict(xattrs))
     if kind == FOLDER:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import trio
 
 from cryptree.caps import ReadCap, WriteCap
-from cryptree.dirnode import Tombstone
+from cryptree.dirnode import DirEntry, Tombstone
 from cryptree.filenode import FileContent
 from cryptree.versions import Version
 
@@ -86,6 +86,10 @@ class DirNode(Node):
     cap: WriteCap | ReadCap | None = None
     children: dict[str, Node] | None = None
     tombstones: dict[str, Tombstone] = field(default_factory=dict)  # names deleted lately (merging needs them)
+    # What the network last had under a name whose node was replaced by one not publishable yet (a
+    # file renamed over it whose bytes are still uploading): published in its place meanwhile, so
+    # the name never goes empty on the network (publish_plan.py).
+    shadows: dict[str, DirEntry] = field(default_factory=dict)
     seq: int = 0  # the version of the folder's slot that the children derive from
     refreshed: float = -1e9  # trio time the folder was last read from the network
     new: bool = False  # never published

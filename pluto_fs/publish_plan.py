@@ -10,6 +10,10 @@ Rules (docs/MOUNT.md):
   device's change: an unchanged entry is sent with the same version, a
   changed one with a new one — also after a failed attempt, so two different
   states never share a version, whatever landed where;
+- a name never goes empty on the network while it is taken locally: a file
+  renamed over another (what rsync and editors do) whose bytes are still
+  uploading is sent as the entry it replaced (its shadow) until it can be
+  sent itself;
 - tombstones of recently deleted names go out with the entries, until a new
   entry at that name is on the network (or they expire).
 """
@@ -63,6 +67,10 @@ def plan_publish(d: DirNode, tag: bytes, virtual: set[str], now: int) -> Publish
         if not ready:
             plan.held_back = True
             if not held:
+                shadow = d.shadows.get(n.name)
+                if shadow is not None:
+                    plan.entries.append(shadow)
+                    names.add(n.name)
                 continue
         if held:
             assert isinstance(n, FileNode) and n.content is not None
@@ -110,17 +118,25 @@ def note_sending(d: DirNode, plan: PublishPlan) -> None:
             s.node.held_vv = s.version
 
 
-def note_published(d: DirNode, plan: PublishPlan) -> list[str]:
+def note_published(d: DirNode, plan: PublishPlan) -> tuple[list[str], list[str]]:
     """The network now holds `plan` (acknowledged): nodes sent as they are are no longer changed, and
-    tombstones under names that are live again are done. Returns the tombstones dropped."""
+    tombstones and shadows under names that hold a published node again, or whose deletion went out,
+    are done. Returns (the tombstones dropped, the shadows dropped)."""
     dropped: list[str] = []
+    unshadowed: list[str] = []
     for s in plan.sent:
         n = s.node
         if not _still_there(d, s):
             continue  # moved or removed while the publish ran: its new place says what it is
         if not s.held and n.edits == s.edits:
             n.changed = False
+        if d.shadows.pop(n.name, None) is not None:
+            unshadowed.append(n.name)
         if n.name in d.tombstones:
             del d.tombstones[n.name]
             dropped.append(n.name)
-    return dropped
+    for t in plan.tombstones:  # the deletion is on the network: nothing may stand in for it any more
+        if d.shadows.get(t.name) is not None and d.tombstones.get(t.name) is t:
+            del d.shadows[t.name]
+            unshadowed.append(t.name)
+    return dropped, unshadowed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -11,6 +12,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import sysconfig
 import threading
 import time
@@ -293,3 +295,39 @@ def test_chmod_of_a_folder_not_listed_since_mount_keeps_its_entries(mounted: Mou
     mounted.remount_fresh()
     assert sorted(os.listdir(keep)) == ["a", "b", "c"] and (keep / "b").read_bytes() == b"b"
     assert stat.S_IMODE(keep.stat().st_mode) == 0o700
+
+
+def test_a_file_renamed_over_an_acknowledged_one_never_leaves_the_name_empty_on_the_network(
+        mounted: MountedVolume) -> None:
+    """rsync and editors write a temporary file and rename it over the target. While the new bytes
+    are not uploaded, the folder's published version must keep the old file under that name: a crash
+    then (the machine lost) brings back the old bytes, never nothing. Found by the fault checker."""
+    target = mounted.path / "report.txt"
+    with open(target, "wb") as f:
+        f.write(b"acknowledged version")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp = mounted.path / ".report.txt.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o644)  # kept open: the write-back leaves its bytes for later
+    os.write(fd, b"new version, not uploaded yet")
+    os.rename(tmp, target)
+    (mounted.path / "other.txt").write_bytes(b"makes the root publish meanwhile")
+    _wait_until_listed(mounted, "other.txt")  # the root was published after the rename
+    mounted.kill()  # the machine is lost before the new bytes are uploaded
+    with contextlib.suppress(OSError):
+        os.close(fd)  # the mount is gone
+    mounted.drop_cache()
+    mounted.mount()
+    assert (mounted.path / "report.txt").read_bytes() in (b"acknowledged version", b"new version, not uploaded yet")
+
+
+def _wait_until_listed(mounted: MountedVolume, name: str, timeout: float = 60.0) -> None:
+    """Until `pluto ls /` (the network's view, from a fresh process) lists `name`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "ls", "/", "--home", str(mounted.home.path)],
+                             capture_output=True, text=True, timeout=60)
+        if res.returncode == 0 and any(line.endswith(" " + name) for line in res.stdout.splitlines()):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{name} not published within {timeout:g} s")
