@@ -165,14 +165,19 @@ class FragmentStore:
 
     def _file_matches(self, fid: bytes) -> bool:
         """Whether the file stored under `fid` hashes to it (False if it is unreadable or gone)."""
+        builder = self._merkle_of_file(fid)
+        return builder is not None and builder.root() == fid
+
+    def _merkle_of_file(self, fid: bytes) -> MerkleBuilder | None:
+        """The Merkle tree over the bytes of the file stored under `fid` (None if it is gone)."""
         builder = MerkleBuilder()
         try:
             with open(self.fragment_path(fid), "rb") as f:
                 while block := f.read(1 << 20):
                     builder.update(block)
         except FileNotFoundError:
-            return False
-        return builder.root() == fid
+            return None
+        return builder
 
     # ---- accounting -----------------------------------------------------------
 
@@ -337,13 +342,9 @@ class FragmentStore:
         size = self.has_fragment(frag_id)
         if size is None:
             raise RemoteError("not_found", "no such fragment here")
-        builder = MerkleBuilder()
-        try:
-            with open(self.fragment_path(frag_id), "rb") as f:
-                while block := f.read(1 << 20):
-                    builder.update(block)
-        except FileNotFoundError:
-            raise RemoteError("not_found", "fragment file is missing on this peer") from None
+        builder = self._merkle_of_file(frag_id)
+        if builder is None:
+            raise RemoteError("not_found", "fragment file is missing on this peer")
         leaves = builder.leaves()
         if not 0 <= index < len(leaves):
             raise RemoteError("bad_request", f"leaf index must be below {len(leaves)}")
