@@ -52,14 +52,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def restore_home(home: Home, grid: LocalGrid, where: Path) -> Home:
-    """A second device: `pluto restore` into a new home from `home`'s 24 words."""
+def restore_home(home: Home, grid: LocalGrid, where: Path, says: str | None = None) -> Home:
+    """A second device: `pluto restore` into a new home from `home`'s 24 words (its output must hold `says`)."""
     new = Home(where)
     res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "restore", "--home", str(new.path),
                           "--coordinator", grid.coordinator.address],
                          input=seed_to_phrase(home.identity_path.read_bytes()), capture_output=True, text=True,
                          timeout=120, env=_child_env())
     assert res.returncode == 0, res.stderr
+    assert says is None or says in res.stdout, res.stdout
     return new
 
 

@@ -22,13 +22,7 @@ from pluto_fs.testing import MountedVolume
 from pluto_fs.tree import Tree
 from pluto_fs.volume import open_volume
 
-
-def pluto(home: Home, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", *args, "--home", str(home.path)],
-                         capture_output=True, text=True, timeout=120)
-    if ok:
-        assert res.returncode == 0, f"pluto {' '.join(args)}: {res.stderr}"
-    return res
+from support import pluto, restore_home
 
 
 @pytest.fixture
@@ -199,18 +193,6 @@ def test_alice_shares_photos_with_bob_and_project_with_carol(world, tmp_path: Pa
 
 
 
-def _restore_on_a_new_machine(home: Home, grid: LocalGrid, where: Path) -> Home:
-    """`pluto restore` into a fresh home with nothing but the 24 words."""
-    new = Home(where)
-    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "restore", "--home", str(new.path),
-                          "--coordinator", grid.coordinator.address],
-                         input=seed_to_phrase(home.identity_path.read_bytes()), capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert "Restored your social state: " in res.stdout, res.stdout
-    return new
-
-
 def test_the_24_words_bring_shares_back_in_both_directions(world, tmp_path: Path) -> None:
     grid, homes = world
     alice, bob = homes["alice"], homes["bob"]
@@ -224,8 +206,8 @@ def test_the_24_words_bring_shares_back_in_both_directions(world, tmp_path: Path
     assert "accepted" in pluto(bob, "requests").stdout
 
     # Both lose their machines.
-    alice2 = _restore_on_a_new_machine(alice, grid, tmp_path / "alice-new")
-    bob2 = _restore_on_a_new_machine(bob, grid, tmp_path / "bob-new")
+    alice2 = restore_home(alice, grid, tmp_path / "alice-new", says="Restored your social state: ")
+    bob2 = restore_home(bob, grid, tmp_path / "bob-new", says="Restored your social state: ")
     # The owner still knows the follower and their sharing folder: sharing more needs no new follow.
     assert "/Photos" in pluto(alice2, "shares").stdout
     pluto(alice2, "share", "/Project", "bob")
