@@ -203,6 +203,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "pending_files": local.files,  # when not mounted: what the journal holds
         "pending_bytes": local.bytes,
         "pending_folders": local.folders,
+        # when the mount last wrote these figures (it does every second, and at once on a change)
+        "as_of": info.get("updated") if mount_alive else time.time(),
         "journal_error": local_problem,
         "uploaded_bytes": info.get("uploaded_bytes", 0) if mount_alive else 0,
         # peers the mount saw fail or fall silent in the last minute: its reads ask them last

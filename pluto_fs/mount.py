@@ -142,6 +142,8 @@ def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, 
     _replace_status_file(pid_file(home), json.dumps(status).encode())
 
 
+STATUS_EVERY = 1.0  # seconds between rewrites of the status file when nothing changes
+STATUS_CHECK = 0.1  # seconds between looks at what is pending (cheap: counts sets in memory)
 STATUS_RESERVE = 8192  # bytes the status file is padded to, so a full disk can still take a rewrite in place
 
 
@@ -245,9 +247,13 @@ async def _status_loop(home: Home, model: FsModel, volume: Volume, mountpoint: P
     async def write() -> None:
         _write_status(home, model, volume, mountpoint, health, problems)
 
+    # Rewritten every second, and at once when what is pending changes: `cp f /mnt; pluto status`
+    # must never show the state from before the copy as "all uploaded".
     while True:
         await retrying.attempt(write)
-        await trio.sleep(1)
+        written, since = model.pending(), trio.current_time()
+        while model.pending() == written and trio.current_time() - since < STATUS_EVERY:
+            await trio.sleep(STATUS_CHECK)
 
 
 async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = None,

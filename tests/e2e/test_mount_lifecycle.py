@@ -68,8 +68,11 @@ def _eventually(check: Callable[[], T | None], what: str, timeout: float = 60.0,
 
 
 def _nothing_pending(vol: MountedVolume) -> dict | None:
+    """The mount's status once it shows nothing pending, written after this call began (else None):
+    a status file from before the caller's last write would pass off that write as published."""
+    asked = time.time()
     s = _status(vol.home)
-    if s["mounted"] and s["pending_files"] == 0 and s["pending_folders"] == 0:
+    if s["mounted"] and s["pending_files"] == 0 and s["pending_folders"] == 0 and s["as_of"] > asked:
         return s
     return None
 
