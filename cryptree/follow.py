@@ -55,7 +55,7 @@ from cryptree.padding import LEN_PREFIX, unpad
 
 # ---- sizes and limits (part of the format) ---------------------------------------------------
 
-MAILBOX_BLOB_SIZE = 1024  # transport.coordinator.CoordinatorLimits.mailbox_blob_size
+MAILBOX_BLOB_SIZE = 1024  # transport.coordinator.service.CoordinatorLimits.mailbox_blob_size
 SEAL_OVERHEAD = bindings.crypto_box_SEALBYTES  # 32-byte one-time public key + 16-byte MAC
 SIGNATURE_SIZE = 64
 _PLAINTEXT_SIZE = MAILBOX_BLOB_SIZE - SEAL_OVERHEAD  # 976
@@ -70,7 +70,7 @@ REQUEST_MAX_AGE = 7 * 86400
 GRANT_MAX_AGE = 30 * 86400  # an answer may wait in a mailbox while its recipient is away
 MAX_CLOCK_SKEW = 600  # same tolerance as the coordinator's username claims
 
-# Same rule as transport.coordinator.USERNAME_RE (cryptree may not import transport;
+# Same rule as transport.coordinator.service.USERNAME_RE (cryptree may not import transport;
 # a test checks the two agree). It also makes every username a safe file name.
 USERNAME_RE = re.compile(r"[a-z0-9_-]{1,32}")
 

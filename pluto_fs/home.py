@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cryptree.identity import UserKeys
-from transport.dial import parse_address
-from transport.keys import load_or_create_key
+from transport.protocol.dial import parse_address
+from transport.protocol.keys import load_or_create_key
 
-from .errors import HomeError
+from pluto_fs.errors import HomeError
 
 DEFAULT_HOME = Path.home() / ".pluto"
 
@@ -170,6 +170,6 @@ class Home:
         """This device's peer id (what `pluto serve --owner` takes)."""
         from nacl.public import PrivateKey
 
-        from transport.peer_id import peer_id_text
+        from transport.protocol.peer_id import peer_id_text
 
         return peer_id_text(bytes(PrivateKey(self.device_key()).public_key))

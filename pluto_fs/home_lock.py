@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import PlutoError
-from .home import Home
+from pluto_fs.errors import PlutoError
+from pluto_fs.home import Home
 
 HOME_LOCK = "lock"
 SOCIAL_LOCK = "social.lock"

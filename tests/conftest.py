@@ -22,7 +22,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 @pytest.fixture(scope="session")
 def pluto_mount(tmp_path_factory: pytest.TempPathFactory):
     """One real mount (5 peer processes + a `pluto mount -f` process) shared by a session's POSIX suites."""
-    from pluto_fs.testing import start_mounted_volume
+    from pluto_fs.grid.testing import start_mounted_volume
 
     vol = start_mounted_volume(tmp_path_factory.mktemp("mount"))
     try:

@@ -126,7 +126,7 @@ def test_bad_usernames_are_refused(name: Any) -> None:
 
 
 def test_username_rule_matches_the_coordinator() -> None:
-    from transport.coordinator import USERNAME_RE
+    from transport.coordinator.service import USERNAME_RE
 
     assert follow.USERNAME_RE.pattern == USERNAME_RE.pattern
 

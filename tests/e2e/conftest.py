@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pluto_fs.localgrid import LocalGrid
+from pluto_fs.grid.localgrid import LocalGrid
 
 
 @pytest.fixture

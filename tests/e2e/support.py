@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from cryptree.identity import seed_to_phrase
 from pluto_fs.home import Home
-from pluto_fs.localgrid import LocalGrid, _child_env
+from pluto_fs.grid.localgrid import LocalGrid, _child_env
 
 T = TypeVar("T")
 
@@ -21,7 +21,7 @@ T = TypeVar("T")
 def pluto(home: Home, *args: str, ok: bool = True, stdin: str | None = None,
           timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `pluto ARGS --home HOME` in a fresh process; with `ok`, insist on exit 0."""
-    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", *args, "--home", str(home.path)],
+    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", *args, "--home", str(home.path)],
                          input=stdin, capture_output=True, text=True, timeout=timeout, env=_child_env())
     if ok:
         assert res.returncode == 0, f"pluto {' '.join(args)} exited {res.returncode}: {res.stderr}"
@@ -55,7 +55,7 @@ def fsync_dir(path: Path) -> None:
 def restore_home(home: Home, grid: LocalGrid, where: Path, says: str | None = None) -> Home:
     """A second device: `pluto restore` into a new home from `home`'s 24 words (its output must hold `says`)."""
     new = Home(where)
-    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "restore", "--home", str(new.path),
+    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", "restore", "--home", str(new.path),
                           "--coordinator", grid.coordinator.address],
                          input=seed_to_phrase(home.identity_path.read_bytes()), capture_output=True, text=True,
                          timeout=120, env=_child_env())

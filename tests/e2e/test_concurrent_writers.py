@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pluto_fs.home import Home
-from pluto_fs.testing import MountedVolume, start_mounted_volume
+from pluto_fs.grid.testing import MountedVolume, start_mounted_volume
 
 from support import fsync_dir, ls, pluto, restore_home, wait_until, write_durably
 

@@ -14,13 +14,13 @@ import pytest
 import trio
 
 from pluto_fs.errors import QuotaExceeded
-from pluto_fs.testing import start_mounted_volume
-from pluto_fs.tree import Tree
-from pluto_fs.volume import open_volume
+from pluto_fs.grid.testing import start_mounted_volume
+from pluto_fs.volume.tree import Tree
+from pluto_fs.volume.volume import open_volume
 
 
 def _status(home: Path) -> dict:
-    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "status", "--json", "--home", str(home)],
+    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", "status", "--json", "--home", str(home)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)

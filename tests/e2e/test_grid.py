@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cryptree.merkle import merkle_root
 from cryptree.slot import sign_slot
-from pluto_fs.localgrid import LocalGrid
-from transport.coordinator_client import CoordinatorClient
-from transport.peer_id import parse_peer_id
-from transport.pool import open_pool
-from transport.storage_client import StoragePeerClient
+from pluto_fs.grid.localgrid import LocalGrid
+from transport.coordinator.client import CoordinatorClient
+from transport.protocol.peer_id import parse_peer_id
+from transport.protocol.pool import open_pool
+from transport.peer.client import StoragePeerClient
 
 
 async def _wait_for_peers(coordinator: CoordinatorClient, n: int) -> list:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pluto_fs.testing import MountedVolume, start_mounted_volume
+from pluto_fs.grid.testing import MountedVolume, start_mounted_volume
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 RSYNC_EXCLUDES = ["--exclude=site-packages"]
@@ -325,7 +325,7 @@ def _wait_until_listed(mounted: MountedVolume, name: str, timeout: float = 60.0)
     """Until `pluto ls /` (the network's view, from a fresh process) lists `name`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "ls", "/", "--home", str(mounted.home.path)],
+        res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", "ls", "/", "--home", str(mounted.home.path)],
                              capture_output=True, text=True, timeout=60)
         if res.returncode == 0 and any(line.endswith(" " + name) for line in res.stdout.splitlines()):
             return

@@ -21,9 +21,9 @@ from typing import TypeVar
 import pytest
 
 from pluto_fs.home import Config, Home
-from pluto_fs.localgrid import LocalGrid, _child_env
-from pluto_fs.mount import is_mounted
-from pluto_fs.testing import MountedVolume, start_mounted_volume
+from pluto_fs.grid.localgrid import LocalGrid, _child_env
+from pluto_fs.mount.run import is_mounted
+from pluto_fs.grid.testing import MountedVolume, start_mounted_volume
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ def mounted(tmp_path: Path) -> Iterator[MountedVolume]:
 
 def _pluto(home: Home | Path, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     path = home.path if isinstance(home, Home) else home
-    return subprocess.run([sys.executable, "-m", "pluto_fs.cli", *args, "--home", str(path)],
+    return subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", *args, "--home", str(path)],
                           capture_output=True, text=True, env=_child_env(), timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -304,7 +304,7 @@ def test_ctrl_c_on_demo_uploads_what_is_pending_before_the_grid_stops(tmp_path: 
     def run_demo() -> subprocess.Popen:
         out = open(tmp_path / "demo.out", "ab")
         # Its own session, like a shell job: SIGINT to its process group is what Ctrl-C sends.
-        proc = subprocess.Popen([sys.executable, "-m", "pluto_fs.cli", "demo", str(mnt), "--state", str(state),
+        proc = subprocess.Popen([sys.executable, "-m", "pluto_fs.cli.main", "demo", str(mnt), "--state", str(state),
                                  "--timeout", "10", "--capacity", "1G"], stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=out, env=_child_env(), start_new_session=True)
         out.close()

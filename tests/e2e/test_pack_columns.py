@@ -21,13 +21,13 @@ import trio
 
 from cryptree.caps import ReadCap
 from cryptree.merkle import merkle_root
-from pluto_fs.health import PackHealth, repair_plan
+from pluto_fs.volume.health import PackHealth, repair_plan
 from pluto_fs.home import Home
-from pluto_fs.localgrid import LocalGrid, _child_env
-from pluto_fs.packs import PackLayout, SegmentLayout
-from pluto_fs.testing import start_mounted_volume
-from pluto_fs.volume import open_volume
-from transport.peer_id import parse_peer_id
+from pluto_fs.grid.localgrid import LocalGrid, _child_env
+from pluto_fs.store.packs import PackLayout, SegmentLayout
+from pluto_fs.grid.testing import start_mounted_volume
+from pluto_fs.volume.volume import open_volume
+from transport.protocol.peer_id import parse_peer_id
 
 from test_trust import _fragments_on, _home, _peer_store, _store, _wait_for, grid6  # noqa: F401 (grid6 is a fixture)
 
@@ -36,7 +36,7 @@ from test_trust import _fragments_on, _home, _peer_store, _store, _wait_for, gri
 
 
 def _pluto(home: Home, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pluto_fs.cli", *args, "--home", str(home.path)],
+    return subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", *args, "--home", str(home.path)],
                           capture_output=True, text=True, timeout=180, env=_child_env())
 
 
@@ -202,7 +202,7 @@ def _stored_one_file(grid: LocalGrid, tmp_path: Path, size: int) -> tuple[Home, 
 
 
 def _store_on(home: Home, src: Path, peers: int) -> None:
-    from pluto_fs.tree import Tree
+    from pluto_fs.volume.tree import Tree
 
     async def run() -> None:
         async with open_volume(home) as vol:

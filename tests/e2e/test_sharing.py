@@ -17,10 +17,10 @@ import trio
 from cryptree.identity import new_seed, seed_to_phrase
 from cryptree.slot import sign_slot
 from pluto_fs.home import Config, Home
-from pluto_fs.localgrid import LocalGrid
-from pluto_fs.testing import MountedVolume
-from pluto_fs.tree import Tree
-from pluto_fs.volume import open_volume
+from pluto_fs.grid.localgrid import LocalGrid
+from pluto_fs.grid.testing import MountedVolume
+from pluto_fs.volume.tree import Tree
+from pluto_fs.volume.volume import open_volume
 
 from support import pluto, restore_home
 
@@ -138,7 +138,7 @@ def test_alice_shares_photos_with_bob_and_project_with_carol(world, tmp_path: Pa
 
         async def bobs_view() -> set[str]:
             async with open_volume(bob) as vol:
-                from pluto_fs.social import shares_for_mount
+                from pluto_fs.volume.social import shares_for_mount
 
                 share_dir, _ = shares_for_mount(bob)["alice"]
                 listing = await vol.load_dir(share_dir)
@@ -243,7 +243,7 @@ def test_forged_replayed_and_flooded_requests_are_refused_without_losing_real_on
     mailbox = alice.keys().user_id
 
     async def deposit(blobs: list[bytes]) -> list[str]:
-        from transport.coordinator_client import deposit_anonymously
+        from transport.coordinator.client import deposit_anonymously
         from transport.errors import RemoteError
 
         refused = []
@@ -282,7 +282,7 @@ def test_a_damaged_social_backup_is_reported_but_does_not_stop_a_restore(world, 
             await vol.slots.write(sign_slot(vol.keys.social.signing_key, 5, b"\x01" + os.urandom(100)))
 
     trio.run(damage)
-    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "restore", "--home", str(tmp_path / "new"),
+    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", "restore", "--home", str(tmp_path / "new"),
                           "--coordinator", grid.coordinator.address],
                          input=seed_to_phrase(alice.identity_path.read_bytes()), capture_output=True, text=True,
                          timeout=120)

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from pluto_fs.testing import start_mounted_volume
-from transport.peer_id import parse_peer_id
+from pluto_fs.grid.testing import start_mounted_volume
+from transport.protocol.peer_id import parse_peer_id
 
 
 def test_a_cold_read_with_two_of_five_peers_frozen_does_not_wait_for_them(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_a_cold_read_with_two_of_five_peers_frozen_does_not_wait_for_them(tmp_pa
         frozen_ids = {parse_peer_id(vol.grid.storage[i].peer_id).hex() for i in (0, 1)}
         deadline = time.monotonic() + 10
         while True:
-            res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "status", "--json", "--home",
+            res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", "status", "--json", "--home",
                                   str(vol.home.path)], capture_output=True, text=True, timeout=60)
             assert res.returncode == 0, res.stderr
             slow = set(json.loads(res.stdout)["slow_peers"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pluto_fs.testing import start_mounted_volume
+from pluto_fs.grid.testing import start_mounted_volume
 
 from support import (
     fsync_dir,
@@ -104,10 +104,10 @@ def test_a_peer_gone_for_good_leaves_the_membership_and_folders_move_off_it(tmp_
 
     from cryptree.identity import new_seed
     from pluto_fs.home import Config, Home
-    from pluto_fs.localgrid import LocalGrid
-    from pluto_fs.tree import Tree
-    from pluto_fs.volume import open_volume
-    from transport.peer_id import parse_peer_id
+    from pluto_fs.grid.localgrid import LocalGrid
+    from pluto_fs.volume.tree import Tree
+    from pluto_fs.volume.volume import open_volume
+    from transport.protocol.peer_id import parse_peer_id
 
 
     grid = LocalGrid(tmp_path / "grid", peers=6, capacity="1G", heartbeat=0.5, membership_grace=3.0)

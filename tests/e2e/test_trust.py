@@ -14,14 +14,14 @@ import pytest
 import trio
 
 from cryptree.identity import new_seed
-from pluto_fs.health import CheckReport, PackHealth, PeerState, check, peer_state, repair_plan
+from pluto_fs.volume.health import CheckReport, PackHealth, PeerState, check, peer_state, repair_plan
 from pluto_fs.home import Config, Home
-from pluto_fs.localgrid import LocalGrid, _child_env
-from pluto_fs.packs import PackLayout, SegmentLayout
-from transport.coordinator_client import PeerRecord
-from pluto_fs.tree import Tree
-from pluto_fs.volume import open_volume
-from transport.peer_id import parse_peer_id
+from pluto_fs.grid.localgrid import LocalGrid, _child_env
+from pluto_fs.store.packs import PackLayout, SegmentLayout
+from transport.coordinator.client import PeerRecord
+from pluto_fs.volume.tree import Tree
+from pluto_fs.volume.volume import open_volume
+from transport.protocol.peer_id import parse_peer_id
 
 from treegen import assert_same_tree, make_tree
 
@@ -202,7 +202,7 @@ def test_the_mount_repairs_in_the_background_and_shows_it_in_status(tmp_path: Pa
     import sys
     import time
 
-    from pluto_fs.testing import start_mounted_volume
+    from pluto_fs.grid.testing import start_mounted_volume
 
     vol = start_mounted_volume(tmp_path / "m", peers=7)
     try:
@@ -223,7 +223,7 @@ def test_the_mount_repairs_in_the_background_and_shows_it_in_status(tmp_path: Pa
         vol.grid.storage[holders[1]].kill()
         deadline = time.monotonic() + 60
         while True:
-            res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "status", "--json", "--home",
+            res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", "status", "--json", "--home",
                                   str(vol.home.path)], capture_output=True, text=True, timeout=60)
             health = json.loads(res.stdout)["health"]
             if health.get("repaired", 0) >= 1:
@@ -292,7 +292,7 @@ async def _wait_for(vol, peer: bytes, ok: Callable[[PeerRecord], bool], timeout:
 
 
 def _cli_json(home: Home, *args: str) -> dict:
-    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", *args, "--json", "--home", str(home.path)],
+    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", *args, "--json", "--home", str(home.path)],
                          capture_output=True, text=True, timeout=120, env=_child_env())
     assert res.returncode in (0, 1), res.stderr
     return json.loads(res.stdout)

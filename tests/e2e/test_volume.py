@@ -20,9 +20,9 @@ from cryptree.identity import new_seed, seed_to_phrase
 from cryptree.errors import CapabilityError
 from pluto_fs.errors import NotEnoughPeers, PlutoError
 from pluto_fs.home import Config, Home
-from pluto_fs.localgrid import LocalGrid
-from pluto_fs.tree import Tree
-from pluto_fs.volume import open_volume
+from pluto_fs.grid.localgrid import LocalGrid
+from pluto_fs.volume.tree import Tree
+from pluto_fs.volume.volume import open_volume
 
 from treegen import assert_same_tree, make_tree
 
@@ -70,11 +70,11 @@ def test_two_thousand_files_round_trip_and_restore_from_words(grid: LocalGrid, t
     fresh = tmp_path / "fresh-home"
     words = seed_to_phrase(seed)
     res = subprocess.run(
-        [sys.executable, "-m", "pluto_fs.cli", "restore", "--home", str(fresh), "--coordinator", grid.coordinator.address],
+        [sys.executable, "-m", "pluto_fs.cli.main", "restore", "--home", str(fresh), "--coordinator", grid.coordinator.address],
         input=words, capture_output=True, text=True, timeout=120,
     )
     assert res.returncode == 0, res.stderr
-    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli", "get", "/", str(tmp_path / "restored"), "--home", str(fresh)],
+    res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", "get", "/", str(tmp_path / "restored"), "--home", str(fresh)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert_same_tree(src, tmp_path / "restored")

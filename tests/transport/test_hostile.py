@@ -20,11 +20,11 @@ from nacl.signing import SigningKey
 
 from cryptree.merkle import merkle_root
 from cryptree.slot import SignedSlot, sign_slot
-from pluto_fs.localgrid import GridProcess
-from transport.dial import dial
+from pluto_fs.grid.localgrid import GridProcess
+from transport.protocol.dial import dial
 from transport.errors import RemoteError
-from transport.noise_channel import handshake
-from transport.storage_client import StoragePeerClient
+from transport.protocol.noise_channel import handshake
+from transport.peer.client import StoragePeerClient
 
 CLOSE_WAIT = 8.0  # seconds we give the peer to drop a bad connection
 
@@ -34,7 +34,7 @@ def peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GridProcess]:
     root = tmp_path_factory.mktemp("hostile")
     proc = GridProcess(
         "peer",
-        [sys.executable, "-m", "pluto_fs.cli", "--log-level", "info", "serve", "--store", str(root / "store"),
+        [sys.executable, "-m", "pluto_fs.cli.main", "--log-level", "info", "serve", "--store", str(root / "store"),
          "--capacity", "100M", "--listen", "127.0.0.1:0", "--handshake-timeout", "2"],
         root / "peer.log",
     )

@@ -5,7 +5,7 @@ Run (as root, from the repository root):
     /work/venv/bin/python tools/bench/fs.py [--repeat 3] [--size 1G] [--quick]
 
 It starts a local grid (coordinator + 5 storage peers, 3-of-5) with a pluto
-mount over it (pluto_fs.testing.start_mounted_volume) and a gocryptfs volume
+mount over it (pluto_fs.grid.testing.start_mounted_volume) and a gocryptfs volume
 (`-init -passfile -scryptn 10`, cipherdir in the same work directory, so on
 the same disk as the grid), then runs every measurement on both, interleaved
 (pluto run 1, gocryptfs run 1, pluto run 2, ...):
@@ -238,7 +238,7 @@ class Bench:
     big: list[Path] = field(default_factory=list)
     edits: list[Path] = field(default_factory=list)
     patches: list[Path] = field(default_factory=list)
-    vol: object = None  # pluto_fs.testing.MountedVolume
+    vol: object = None  # pluto_fs.grid.testing.MountedVolume
     goc: Gocryptfs | None = None
     sampler: RssSampler | None = None
     runs: dict = field(default_factory=lambda: {"pluto": [], "gocryptfs": []})
@@ -323,7 +323,7 @@ class Bench:
                 lst.append(p)
 
     def start(self) -> None:
-        from pluto_fs.testing import start_mounted_volume
+        from pluto_fs.grid.testing import start_mounted_volume
 
         log("starting the pluto grid (coordinator + 5 peers) and mount")
         import inspect

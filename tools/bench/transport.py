@@ -52,9 +52,9 @@ import trio  # noqa: E402
 from nacl.public import PrivateKey  # noqa: E402
 
 from cryptree.merkle import merkle_root  # noqa: E402
-from pluto_fs.localgrid import GridProcess  # noqa: E402
-from transport.pool import open_pool  # noqa: E402
-from transport.storage_client import StoragePeerClient  # noqa: E402
+from pluto_fs.grid.localgrid import GridProcess  # noqa: E402
+from transport.protocol.pool import open_pool  # noqa: E402
+from transport.peer.client import StoragePeerClient  # noqa: E402
 
 MB = 1_000_000
 MIB = 1024 * 1024
@@ -161,7 +161,7 @@ def _proc_status_kib(pid: int, key: str) -> int | None:
 def _peer_process(root: Path, capacity: str) -> GridProcess:
     """A stand-alone storage peer (no --coordinator), not yet started."""
     argv = [
-        sys.executable, "-m", "pluto_fs.cli", "--log-level", "warning", "serve",
+        sys.executable, "-m", "pluto_fs.cli.main", "--log-level", "warning", "serve",
         "--store", str(root / "peer"), "--capacity", capacity, "--listen", "127.0.0.1:0",
     ]
     return GridProcess("bench-peer", argv, root / "peer.log")

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from pluto_fs.home import Config, Home
-from pluto_fs.testing import MountedVolume
+from pluto_fs.grid.testing import MountedVolume
 
 from .fixture import Cluster
 from .history import Finding, History

@@ -1,7 +1,7 @@
 """The grid and the mounts a run works on: start them, break them, bring them back, tear them down.
 
 One LocalGrid (coordinator + peers as real processes) and one or two
-`pluto mount -f` processes (pluto_fs.testing.MountedVolume). Two mounts are
+`pluto mount -f` processes (pluto_fs.grid.testing.MountedVolume). Two mounts are
 two devices of one user: the second home is restored from the first one's
 24 words with `pluto restore`, as on a new machine.
 
@@ -25,9 +25,9 @@ from pathlib import Path
 
 from cryptree.identity import new_seed, seed_to_phrase
 from pluto_fs.home import Config, Home
-from pluto_fs.localgrid import LocalGrid, child_env
-from pluto_fs.mount import is_mounted
-from pluto_fs.testing import MountedVolume, wait_for_placement
+from pluto_fs.grid.localgrid import LocalGrid, child_env
+from pluto_fs.mount.run import is_mounted
+from pluto_fs.grid.testing import MountedVolume, wait_for_placement
 
 from .settings import Settings
 
@@ -123,7 +123,7 @@ class Cluster:
             timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Run `pluto ARGS` (with --home of `home` when given) and capture its output."""
         home_args = ["--home", str(home.path)] if home is not None else []
-        return _run([sys.executable, "-m", "pluto_fs.cli", *args, *home_args], stdin, timeout)
+        return _run([sys.executable, "-m", "pluto_fs.cli.main", *args, *home_args], stdin, timeout)
 
     def python(self, module: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Run `python -m MODULE ARGS` in a fresh process and capture its output."""

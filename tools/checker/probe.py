@@ -28,8 +28,8 @@ from cryptree.dirnode import DirEntry
 from cryptree.errors import CryptreeError
 from pluto_fs.errors import PlutoError
 from pluto_fs.home import Home
-from pluto_fs.tree import Tree
-from pluto_fs.volume import open_volume
+from pluto_fs.volume.tree import Tree
+from pluto_fs.volume.volume import open_volume
 from transport.errors import TransportError
 
 from .oracle import render

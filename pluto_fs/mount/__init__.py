@@ -1,0 +1,1 @@
+"""The mount process: FUSE operations, their error policy, and the loops that run beside them."""

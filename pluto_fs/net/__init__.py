@@ -1,0 +1,1 @@
+"""Talking to many peers: the peer list, where slots live, quorums and concurrent calls."""

@@ -1,0 +1,1 @@
+"""Packs: batching sealed chunks, erasure coding them, uploading and reading them back."""

@@ -1,0 +1,1 @@
+"""The coordinator: peer registry and reputation, username directory, mailboxes; and its client."""

@@ -1,0 +1,1 @@
+"""The storage peer: its service, its on-disk store, and the client that talks to it."""

@@ -1,0 +1,1 @@
+"""The wire protocol: Noise channels, CBOR RPC, listeners, dialling and connection pools."""

@@ -1,0 +1,84 @@
+"""Accepting side: a TCP listener that authenticates every connection with Noise.
+
+A connection that fails the handshake, sends garbage or breaks the protocol
+is closed and logged in one line; the listener and every other connection
+carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from transport.errors import HandshakeError
+from transport.protocol.limits import CONNECTIONS_MAX, HANDSHAKE_TIMEOUT
+from transport.protocol.noise_channel import handshake
+from transport.protocol.rpc import CallContext, RpcConnection, server_connection
+
+log = logging.getLogger(__name__)
+
+
+class RpcService:
+    """Base class for a service: methods named `rpc_<name>` answer requests.
+
+    Upload-taking methods are listed in `UPLOAD_METHODS`.
+    """
+
+    UPLOAD_METHODS: frozenset[str] = frozenset()
+
+    async def dispatch(self, ctx: CallContext, method: str, args: dict) -> Any:
+        """Route a request to `rpc_<method>`; unknown methods are refused."""
+        from transport.errors import RemoteError
+
+        fn: Callable[[CallContext, dict], Awaitable[Any]] | None = getattr(self, f"rpc_{method}", None)
+        if fn is None:
+            raise RemoteError("unknown_method", f"no method {method!r}")
+        return await fn(ctx, args)
+
+    def on_connection(self, conn: RpcConnection) -> None:
+        """Hook called for every authenticated connection (e.g. to remember it)."""
+
+
+async def serve_rpc(
+    service: RpcService,
+    static_private: bytes,
+    host: str,
+    port: int,
+    *,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on host:port and serve `service` to every authenticated connection."""
+    active = 0
+
+    async def handle(stream: trio.SocketStream) -> None:
+        nonlocal active
+        try:
+            peer = stream.socket.getpeername()
+            address = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        except OSError:
+            address = "?"
+        if active >= CONNECTIONS_MAX:
+            log.warning("refusing %s: %d connections already open", address, active)
+            await stream.aclose()
+            return
+        active += 1
+        try:
+            try:
+                channel = await handshake(stream, static_private, initiator=False, timeout=handshake_timeout)
+            except HandshakeError as exc:
+                log.info("dropped %s: %s", address, exc)
+                await stream.aclose()
+                return
+            conn = server_connection(channel, address, service.dispatch, service.UPLOAD_METHODS)
+            service.on_connection(conn)
+            await conn.serve()
+        finally:
+            active -= 1
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started(listeners)
+    await trio.serve_listeners(handle, listeners)
