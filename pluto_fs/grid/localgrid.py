@@ -50,12 +50,21 @@ class GridProcess:
 
     def start(self, timeout: float = 20.0) -> None:
         """Start the process and wait for its 'listening on' line."""
+        self.spawn()
+        self.wait_listening(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (see `wait_listening`): several start at once."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=_child_env(),
             start_new_session=True, preexec_fn=_parent_death_signal() if self.die_with_parent else None,
         )
         log.close()
+
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        """Wait for the spawned process's 'listening on' line; learn its address and peer id."""
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         line = b""
         assert self.proc.stdout is not None
@@ -80,6 +89,11 @@ class GridProcess:
     def alive(self) -> bool:
         """True while the process runs."""
         return self.proc is not None and self.proc.poll() is None
+
+    def request_stop(self) -> None:
+        """SIGTERM without waiting (`stop` waits): several stop at once."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""
@@ -159,9 +173,16 @@ class LocalGrid:
             die_with_parent=self.die_with_parent,
         )
         self.coordinator.start()
-        for i in range(self.peers):
-            self.storage.append(self._peer_process(i, 0))
-            self.storage[-1].start()
+        # Started together and then waited for: each spends most of its start importing Python.
+        self.storage = [self._peer_process(i, 0) for i in range(self.peers)]
+        try:
+            for peer in self.storage:
+                peer.spawn()
+            for peer in self.storage:
+                peer.wait_listening()
+        except BaseException:
+            self.stop()  # no half-started grid left running
+            raise
         return self
 
     def _peer_process(self, i: int, port: int) -> GridProcess:
@@ -213,13 +234,16 @@ class LocalGrid:
         coord_port = self.coordinator.port
         self.coordinator.argv[self.coordinator.argv.index("--listen") + 1] = f"127.0.0.1:{coord_port}"
         self.coordinator.start()
-        for i, p in enumerate(self.storage):
-            port = p.port
-            self.storage[i] = self._peer_process(i, port)
-            self.storage[i].start()
+        self.storage = [self._peer_process(i, p.port) for i, p in enumerate(self.storage)]
+        for peer in self.storage:
+            peer.spawn()
+        for peer in self.storage:
+            peer.wait_listening()
 
     def stop(self) -> None:
         """Stop every process (peers first)."""
+        for p in self.storage:
+            p.request_stop()
         for p in self.storage:
             p.stop()
         if self.coordinator is not None:
