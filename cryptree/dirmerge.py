@@ -37,9 +37,9 @@ from cryptree import versions
 from cryptree.dirnode import (
     MAX_NAME_BYTES,
     DirAttrs,
+    Directory,
     DirEntry,
     DirLink,
-    Directory,
     Tombstone,
     encode_entry,
 )

@@ -17,10 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cryptree.identity import UserKeys
+from pluto_fs.errors import HomeError
 from transport.protocol.dial import parse_address
 from transport.protocol.keys import load_or_create_key
-
-from pluto_fs.errors import HomeError
 
 DEFAULT_HOME = Path.home() / ".pluto"
 

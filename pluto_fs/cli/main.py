@@ -16,12 +16,10 @@ from pathlib import Path
 
 import trio
 
-from transport.protocol.dial import parse_address
-from transport.errors import TransportError
-
 from pluto_fs.errors import HomeError, PlutoError
-
 from pluto_fs.units import format_size, parse_size
+from transport.errors import TransportError
+from transport.protocol.dial import parse_address
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -100,9 +98,8 @@ def _owner(text: str | None) -> bytes | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """`pluto serve`: run a storage peer."""
-    from transport.peer.service import PeerConfig, run_storage_peer
-
     from pluto_fs.malloc_tuning import tune_malloc
+    from transport.peer.service import PeerConfig, run_storage_peer
 
     tune_malloc()  # the peer, too, frees fragment-sized buffers from worker threads
     host, port = parse_address(args.listen, allow_any_port=True)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import trio
@@ -18,15 +17,14 @@ import trio
 from pluto_fs import home_lock
 from pluto_fs.errors import HomeError, PlutoError
 from pluto_fs.home import Config, Home, home_path
-from pluto_fs.writeback.journal_state import JournalDamaged, LocalChanges, read_local_changes
 from pluto_fs.mount.run import MountOptions, is_mounted, pid_file, run_mount
-from pluto_fs.volume.risk import PeerCounts, assess, at_risk
 from pluto_fs.units import format_size
+from pluto_fs.volume.risk import PeerCounts, assess, at_risk
+from pluto_fs.writeback.journal_state import LocalChanges, read_local_changes
 
 if TYPE_CHECKING:
-    from transport.coordinator.client import PeerRecord
-
     from pluto_fs.volume.health import PeerState
+    from transport.coordinator.client import PeerRecord
 
 
 def _check_mountpoint(path: Path) -> None:
@@ -341,7 +339,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Home) -> LocalChanges:
     from cryptree.identity import new_seed, seed_to_phrase
-
     from pluto_fs.grid.localgrid import GridError, LocalGrid
 
     # The grid runs in sessions of its own, so the terminal's Ctrl-C (SIGINT to the foreground

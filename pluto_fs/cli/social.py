@@ -11,15 +11,14 @@ from pathlib import Path
 import trio
 
 from cryptree.caps import WriteCap
-from transport.errors import TransportError
-
 from pluto_fs import home_lock
-from pluto_fs.volume import social
 from pluto_fs.errors import HomeError, PlutoError
 from pluto_fs.home import Home, home_path
 from pluto_fs.mount.run import is_mounted, pid_file
+from pluto_fs.volume import social
 from pluto_fs.volume.tree import Tree, split_path
 from pluto_fs.volume.volume import open_volume
+from transport.errors import TransportError
 
 
 def _run(args: argparse.Namespace, body) -> object:

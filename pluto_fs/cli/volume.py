@@ -13,13 +13,12 @@ import trio
 from cryptree.dirnode import DirLink, Symlink
 from cryptree.errors import PhraseError
 from cryptree.identity import new_seed, phrase_to_seed, seed_to_phrase
-
 from pluto_fs import home_lock
 from pluto_fs.errors import HomeError, NotEnoughPeers, PlutoError
 from pluto_fs.home import Config, Home, home_path
+from pluto_fs.units import format_size
 from pluto_fs.volume.social import SocialState, fetch_backup
 from pluto_fs.volume.tree import Tree
-from pluto_fs.units import format_size
 from pluto_fs.volume.volume import open_volume
 
 
@@ -259,4 +258,4 @@ def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: s
     p.set_defaults(func=cmd_ls)
 
 
-__all__ = ["add_commands", "HomeError", "NotEnoughPeers"]
+__all__ = ["HomeError", "NotEnoughPeers", "add_commands"]

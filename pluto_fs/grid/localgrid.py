@@ -160,7 +160,7 @@ class LocalGrid:
     coordinator: GridProcess | None = None
     storage: list[GridProcess] = field(default_factory=list)
 
-    def start(self) -> "LocalGrid":
+    def start(self) -> LocalGrid:
         """Start the coordinator, then the peers; wait until all listen."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.coordinator = GridProcess(
@@ -249,7 +249,7 @@ class LocalGrid:
         if self.coordinator is not None:
             self.coordinator.stop()
 
-    def __enter__(self) -> "LocalGrid":
+    def __enter__(self) -> LocalGrid:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

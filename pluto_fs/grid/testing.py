@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptree.identity import new_seed
-
-from pluto_fs.home import Config, Home
 from pluto_fs.grid.localgrid import LocalGrid, _child_env
+from pluto_fs.home import Config, Home
 from pluto_fs.mount.run import is_mounted
 
 

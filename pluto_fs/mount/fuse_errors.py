@@ -23,10 +23,9 @@ import pyfuse3
 import trio
 
 from cryptree.errors import CryptreeError
-from transport.errors import TransportError
-
 from pluto_fs.errors import PlutoError, QuotaExceeded
 from pluto_fs.mount.retrying import EXPECTED, describe, leaf_errors
+from transport.errors import TransportError
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,10 @@ import trio
 from cryptree.caps import WriteCap
 from cryptree.dirnode import MAX_NAME_BYTES
 from cryptree.errors import CryptreeError
-from transport.errors import TransportError
-
 from pluto_fs.errors import PlutoError
-from pluto_fs.writeback.fsmodel import DirNode, FileNode, FsModel, Node, SymlinkNode, mode_of, now_ns
 from pluto_fs.mount.fuse_errors import fuse_errors, local_op, never_raises
+from pluto_fs.writeback.fsmodel import DirNode, FileNode, FsModel, Node, SymlinkNode, mode_of
+from transport.errors import TransportError
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 import trio
 
 from cryptree.errors import CryptreeError
-from transport.errors import TransportError
-
 from pluto_fs.errors import PlutoError
+from transport.errors import TransportError
 
 log = logging.getLogger(__name__)
 

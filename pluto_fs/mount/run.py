@@ -26,14 +26,14 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from pluto_fs.writeback.fsmodel import FsModel
-from pluto_fs.mount.fuse_ops import PlutoOperations
 from pluto_fs.home import Home
-from pluto_fs.writeback.journal_state import LocalChanges, open_journal
 from pluto_fs.malloc_tuning import tune_malloc
+from pluto_fs.mount.fuse_ops import PlutoOperations
 from pluto_fs.mount.retrying import EXPECTED, Problems, Retrying, describe, leaf_errors
 from pluto_fs.volume.short_packs import complete_short_packs_once, place_short_packs
 from pluto_fs.volume.volume import Volume, open_volume
+from pluto_fs.writeback.fsmodel import FsModel
+from pluto_fs.writeback.journal_state import LocalChanges, open_journal
 
 log = logging.getLogger(__name__)
 

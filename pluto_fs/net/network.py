@@ -7,13 +7,12 @@ from dataclasses import dataclass, field
 
 import trio
 
-from transport.coordinator.client import CoordinatorClient, FoundPeer, PeerRecord
-from transport.errors import TransportError
-from transport.protocol.pool import PeerPool
-from transport.peer.client import StoragePeerClient
-
 from pluto_fs.errors import NotEnoughPeers
 from pluto_fs.net.peer_states import PeerState, peer_state
+from transport.coordinator.client import CoordinatorClient, FoundPeer, PeerRecord
+from transport.errors import TransportError
+from transport.peer.client import StoragePeerClient
+from transport.protocol.pool import PeerPool
 
 log = logging.getLogger(__name__)
 

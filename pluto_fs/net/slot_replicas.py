@@ -38,12 +38,11 @@ from functools import partial
 import trio
 
 from cryptree.slot import SignedSlot
-from transport.errors import RemoteError, TransportError
-
 from pluto_fs.errors import ConflictError, NotEnoughPeers
 from pluto_fs.net.network import Network
 from pluto_fs.net.placement import rank_peers
 from pluto_fs.net.quorum import run_until_enough
+from transport.errors import RemoteError, TransportError
 
 log = logging.getLogger(__name__)
 

@@ -28,18 +28,17 @@ import trio
 from cryptree.caps import ReadCap
 from cryptree.errors import CryptreeError
 from cryptree.packrecord import Locator, PackRecord, open_pack_record, pack_write_cap, seal_pack_record
-from transport.errors import RemoteError, TransportError
-
-from pluto_fs.store.erasure import decode_segment
 from pluto_fs.errors import NotEnoughPeers, QuotaExceeded
-from pluto_fs.store.fetch_cache import FetchCache
-from pluto_fs.store.fetch_order import FetchOrder
 from pluto_fs.net.network import Network
-from pluto_fs.store.pack_log import PackLog
-from pluto_fs.store.packs import LayoutError, PackLayout, encode_pack, read_range
 from pluto_fs.net.quorum import run_until_enough
 from pluto_fs.net.run_all import run_all
 from pluto_fs.net.slot_replicas import SlotReplicas
+from pluto_fs.store.erasure import decode_segment
+from pluto_fs.store.fetch_cache import FetchCache
+from pluto_fs.store.fetch_order import FetchOrder
+from pluto_fs.store.pack_log import PackLog
+from pluto_fs.store.packs import LayoutError, PackLayout, encode_pack, read_range
+from transport.errors import RemoteError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ class PackStore:
     # held a second copy of everything read (≈ 60 MiB of the mount's RSS after a read).
     segment_cache_bytes: int = 16 << 20
     stats: TransferStats = field(default_factory=TransferStats)
-    log: "PackLog | None" = None
+    log: PackLog | None = None
     fetch_order: FetchOrder = field(default_factory=FetchOrder)
     _records: dict = field(default_factory=dict)
     _segments: FetchCache[bytes] = field(init=False)

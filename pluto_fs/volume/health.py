@@ -41,14 +41,13 @@ from cryptree.errors import CryptreeError
 from cryptree.filenode import FileRef
 from cryptree.merkle import leaf_count
 from cryptree.packrecord import Locator
-from transport.errors import RequestTimeout, TransportError
-
 from pluto_fs.errors import NotEnoughPeers, PlutoError
-from pluto_fs.store.packs import PackLayout
 from pluto_fs.net.peer_states import PeerState, peer_state, peer_states  # noqa: F401 (re-exported: callers import them from here)
+from pluto_fs.store.packs import PackLayout
 from pluto_fs.volume.repair import RepairResult, repair_pack
 from pluto_fs.volume.tree import Tree
 from pluto_fs.volume.volume import Volume
+from transport.errors import RequestTimeout, TransportError
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,10 @@ from typing import TYPE_CHECKING
 import trio
 
 from cryptree.packrecord import pack_write_cap
-from transport.errors import TransportError
-from transport.protocol.peer_id import peer_id_text
-
 from pluto_fs.errors import NotEnoughPeers, PlutoError
 from pluto_fs.store.packs import LayoutError, rebuild_fragments
+from transport.errors import TransportError
+from transport.protocol.peer_id import peer_id_text
 
 if TYPE_CHECKING:
     from pluto_fs.volume.health import PackHealth

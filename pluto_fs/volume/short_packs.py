@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 import trio
 
 from cryptree.caps import ReadCap
-from transport.errors import TransportError
-
 from pluto_fs.errors import NotEnoughPeers, PlutoError
 from pluto_fs.volume.health import PackHealth
 from pluto_fs.volume.repair import repair_pack
 from pluto_fs.volume.volume import Volume
+from transport.errors import TransportError
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,10 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 from cryptree.caps import ReadCap, WriteCap, parse_cap
-from cryptree.dirnode import DirEntry, DirLink, Directory, child_write_cap, link_child, new_directory_cap
+from cryptree.dirnode import Directory, DirEntry, DirLink, child_write_cap, link_child, new_directory_cap
 from cryptree.errors import CryptreeError
-from cryptree.social_backup import open_social_backup, seal_social_backup, social_backup_writer
 from cryptree.follow import (
     Contact,
     FollowRequest,
@@ -31,11 +29,11 @@ from cryptree.follow import (
     sign_card,
     validate_username,
 )
-from transport.coordinator.client import deposit_anonymously
-
+from cryptree.social_backup import open_social_backup, seal_social_backup, social_backup_writer
 from pluto_fs.errors import HomeError, NotFound, PlutoError
 from pluto_fs.home import Home
 from pluto_fs.volume.volume import Volume
+from transport.coordinator.client import deposit_anonymously
 
 
 @dataclass

@@ -16,9 +16,9 @@ from pathlib import Path
 from cryptree.caps import ReadCap, WriteCap
 from cryptree.dirnode import (
     DirAttrs,
+    Directory,
     DirEntry,
     DirLink,
-    Directory,
     Symlink,
     child_write_cap,
     link_child,
@@ -26,8 +26,7 @@ from cryptree.dirnode import (
     validate_name,
 )
 from cryptree.errors import CryptreeError
-from cryptree.filenode import FileRef, InlineData
-
+from cryptree.filenode import FileRef
 from pluto_fs.errors import NotFound, PlutoError
 from pluto_fs.volume.volume import Volume
 

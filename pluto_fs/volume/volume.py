@@ -27,7 +27,7 @@ import trio
 from cryptree.caps import ReadCap, WriteCap
 from cryptree.chunks import ChunkerParams, StreamChunker, chunk_id, iter_chunks, seal_chunk
 from cryptree.dirmerge import merge_all, merge_directories, versioned_update
-from cryptree.dirnode import DirAttrs, DirEntry, Directory, Tombstone, open_directory, seal_directory
+from cryptree.dirnode import DirAttrs, Directory, DirEntry, Tombstone, open_directory, seal_directory
 from cryptree.errors import CryptreeError
 from cryptree.filenode import (
     INLINE_MAX,
@@ -43,18 +43,17 @@ from cryptree.filenode import (
 )
 from cryptree.identity import UserKeys
 from cryptree.packrecord import NONCE_SIZE, Locator, pack_write_cap
-from transport.errors import TransportError
-from transport.protocol.pool import open_pool
-
 from pluto_fs.errors import ConflictError, NotEnoughPeers, PlutoError
-from pluto_fs.store.fetch_cache import FetchCache
 from pluto_fs.home import Home
-from pluto_fs.store.manifest_index import ManifestIndex
 from pluto_fs.net.network import Network
+from pluto_fs.net.slot_replicas import SlotReplicas
+from pluto_fs.store.fetch_cache import FetchCache
+from pluto_fs.store.manifest_index import ManifestIndex
 from pluto_fs.store.pack_io import PackStore
 from pluto_fs.store.pack_log import PackLog
 from pluto_fs.store.packs import DEFAULT_PACK_SIZE, PackBuilder
-from pluto_fs.net.slot_replicas import SlotReplicas
+from transport.errors import TransportError
+from transport.protocol.pool import open_pool
 
 log = logging.getLogger(__name__)
 

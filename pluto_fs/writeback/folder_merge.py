@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING
 from cryptree import versions
 from cryptree.caps import WriteCap
 from cryptree.dirmerge import conflict_copy_version, conflict_name, newer_attrs, resolve, same_content
-from cryptree.dirnode import DirAttrs, DirEntry, DirLink, Directory, Symlink, Tombstone
+from cryptree.dirnode import DirAttrs, Directory, DirEntry, DirLink, Symlink, Tombstone
 from cryptree.filenode import InlineData
-
 from pluto_fs.writeback.nodes import DirNode, FileNode, Node, SymlinkNode, is_ready
 
 if TYPE_CHECKING:

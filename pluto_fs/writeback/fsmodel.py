@@ -40,17 +40,17 @@ from cryptree import versions
 from cryptree.caps import ReadCap, WriteCap
 from cryptree.dirnode import (
     DirAttrs,
+    Directory,
     DirEntry,
     DirLink,
-    Directory,
     Symlink,
     Tombstone,
     child_write_cap,
     new_directory_cap,
 )
 from cryptree.filenode import FileContent, FileRef, InlineData
-
 from pluto_fs.errors import ConflictError, PlutoError, QuotaExceeded
+from pluto_fs.volume.volume import Volume
 from pluto_fs.writeback.folder_merge import merge_remote
 from pluto_fs.writeback.journal import Journal
 from pluto_fs.writeback.journal_rows import (
@@ -66,7 +66,6 @@ from pluto_fs.writeback.journal_rows import (
 )
 from pluto_fs.writeback.nodes import DirNode, FileNode, Node, SymlinkNode, mode_of, now_ns
 from pluto_fs.writeback.publish_plan import PublishPlan, note_published, note_sending, plan_publish
-from pluto_fs.volume.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -119,7 +119,7 @@ class Journal:
 
     # ---- transactions -----------------------------------------------------------------
 
-    def transaction(self) -> "_Transaction":
+    def transaction(self) -> _Transaction:
         """Group the writes inside a `with` block into one atomic commit (nested blocks join the outer one).
 
         Rolled back if the block raises, so a failed operation leaves no half

@@ -27,7 +27,6 @@ from cryptree import versions
 from cryptree.caps import parse_cap
 from cryptree.dirnode import DirEntry, Tombstone, decode_entry, encode_entry
 from cryptree.filenode import decode_content, encode_content
-
 from pluto_fs.writeback.nodes import DirNode, FileNode, Node, SymlinkNode
 
 FILE, FOLDER, SYMLINK, DELETED, SHADOW = 0, 1, 2, 3, 4

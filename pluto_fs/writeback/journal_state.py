@@ -26,8 +26,8 @@ from pathlib import Path
 
 from pluto_fs.errors import PlutoError
 from pluto_fs.home import Home
-from pluto_fs.writeback.journal import Journal
 from pluto_fs.units import format_size
+from pluto_fs.writeback.journal import Journal
 
 JOURNAL_NAME = "journal.sqlite"
 FILES_DIR = "files"

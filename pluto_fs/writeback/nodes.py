@@ -33,7 +33,7 @@ class Node:
 
     ino: int
     name: str
-    parent: "DirNode | None"
+    parent: DirNode | None
     mode: int
     uid: int
     gid: int

@@ -27,7 +27,6 @@ from cryptree.caps import WriteCap
 from cryptree.dirmerge import prune_tombstones
 from cryptree.dirnode import DirEntry, Symlink, Tombstone, link_child
 from cryptree.versions import Version
-
 from pluto_fs.writeback.nodes import DirNode, FileNode, Node, SymlinkNode, is_ready
 
 

@@ -36,10 +36,10 @@ from pathlib import Path
 import cbor2
 
 from cryptree.caps import parse_cap
-
 from pluto_fs import home_lock
 from pluto_fs.errors import PlutoError
 from pluto_fs.home import Home, home_path
+from pluto_fs.units import format_size
 from pluto_fs.writeback.journal import Journal
 from pluto_fs.writeback.journal_state import (
     JOURNAL_NAME,
@@ -48,7 +48,6 @@ from pluto_fs.writeback.journal_state import (
     journal_path,
     read_local_changes,
 )
-from pluto_fs.units import format_size
 
 BY_ID = "by-cache-id"
 

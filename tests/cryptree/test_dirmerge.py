@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cryptree import versions
-from cryptree.caps import new_write_cap
 from cryptree.dirmerge import conflict_name, merge_all, merge_directories, prune_tombstones, resolve
 from cryptree.dirnode import (
     DirAttrs,
-    DirEntry,
     Directory,
+    DirEntry,
     Tombstone,
     decode_directory,
     encode_directory,

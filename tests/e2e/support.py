@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptree.identity import seed_to_phrase
-from pluto_fs.home import Home
 from pluto_fs.grid.localgrid import LocalGrid, _child_env
+from pluto_fs.home import Home
 
 T = TypeVar("T")
 

@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from pluto_fs.home import Home
-from pluto_fs.grid.testing import MountedVolume, start_mounted_volume
-
 from support import fsync_dir, ls, pluto, restore_home, wait_until, write_durably
+
+from pluto_fs.grid.testing import MountedVolume, start_mounted_volume
+from pluto_fs.home import Home
 
 CONFLICT = re.compile(r"^notes\.pluto-conflict-\d{8}-\d{6}-[0-9a-f]{8}\.txt$")
 

@@ -7,18 +7,17 @@ import sqlite3
 from pathlib import Path
 
 import trio
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
-
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cryptree.merkle import merkle_root
 from cryptree.slot import sign_slot
 from pluto_fs.grid.localgrid import LocalGrid
 from transport.coordinator.client import CoordinatorClient
+from transport.peer.client import StoragePeerClient
 from transport.protocol.peer_id import parse_peer_id
 from transport.protocol.pool import open_pool
-from transport.peer.client import StoragePeerClient
 
 
 async def _wait_for_peers(coordinator: CoordinatorClient, n: int) -> list:

@@ -7,7 +7,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import stat

@@ -20,10 +20,10 @@ from typing import TypeVar
 
 import pytest
 
-from pluto_fs.home import Config, Home
-from pluto_fs.grid.localgrid import LocalGrid, _child_env
-from pluto_fs.mount.run import is_mounted
+from pluto_fs.grid.localgrid import _child_env
 from pluto_fs.grid.testing import MountedVolume, start_mounted_volume
+from pluto_fs.home import Home
+from pluto_fs.mount.run import is_mounted
 
 T = TypeVar("T")
 

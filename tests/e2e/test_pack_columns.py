@@ -18,19 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
+from test_trust import _fragments_on, _home, _peer_store, _store, _wait_for, grid6  # noqa: F401 (grid6 is a fixture)
 
 from cryptree.caps import ReadCap
 from cryptree.merkle import merkle_root
-from pluto_fs.volume.health import PackHealth, repair_plan
-from pluto_fs.home import Home
 from pluto_fs.grid.localgrid import LocalGrid, _child_env
-from pluto_fs.store.packs import PackLayout, SegmentLayout
 from pluto_fs.grid.testing import start_mounted_volume
+from pluto_fs.home import Home
+from pluto_fs.store.packs import PackLayout, SegmentLayout
+from pluto_fs.volume.health import PackHealth, repair_plan
 from pluto_fs.volume.volume import open_volume
 from transport.protocol.peer_id import parse_peer_id
-
-from test_trust import _fragments_on, _home, _peer_store, _store, _wait_for, grid6  # noqa: F401 (grid6 is a fixture)
-
 
 # ---- helpers -------------------------------------------------------------------
 

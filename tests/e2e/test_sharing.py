@@ -13,16 +13,15 @@ from pathlib import Path
 
 import pytest
 import trio
+from support import pluto, restore_home
 
 from cryptree.identity import new_seed, seed_to_phrase
 from cryptree.slot import sign_slot
-from pluto_fs.home import Config, Home
 from pluto_fs.grid.localgrid import LocalGrid
 from pluto_fs.grid.testing import MountedVolume
+from pluto_fs.home import Config, Home
 from pluto_fs.volume.tree import Tree
 from pluto_fs.volume.volume import open_volume
-
-from support import pluto, restore_home
 
 
 @pytest.fixture

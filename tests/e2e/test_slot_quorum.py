@@ -13,9 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-
-from pluto_fs.grid.testing import start_mounted_volume
-
 from support import (
     fsync_dir,
     ls,
@@ -26,6 +23,8 @@ from support import (
     wait_until,
     write_durably,
 )
+
+from pluto_fs.grid.testing import start_mounted_volume
 
 
 def test_with_three_of_five_peers_down_a_folder_update_is_refused_and_nothing_flips_later(tmp_path: Path) -> None:
@@ -103,8 +102,8 @@ def test_a_peer_gone_for_good_leaves_the_membership_and_folders_move_off_it(tmp_
     import trio
 
     from cryptree.identity import new_seed
-    from pluto_fs.home import Config, Home
     from pluto_fs.grid.localgrid import LocalGrid
+    from pluto_fs.home import Config, Home
     from pluto_fs.volume.tree import Tree
     from pluto_fs.volume.volume import open_volume
     from transport.protocol.peer_id import parse_peer_id

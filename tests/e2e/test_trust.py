@@ -12,18 +12,17 @@ from pathlib import Path
 
 import pytest
 import trio
+from treegen import assert_same_tree, make_tree
 
 from cryptree.identity import new_seed
-from pluto_fs.volume.health import CheckReport, PackHealth, PeerState, check, peer_state, repair_plan
-from pluto_fs.home import Config, Home
 from pluto_fs.grid.localgrid import LocalGrid, _child_env
+from pluto_fs.home import Config, Home
 from pluto_fs.store.packs import PackLayout, SegmentLayout
-from transport.coordinator.client import PeerRecord
+from pluto_fs.volume.health import CheckReport, PackHealth, PeerState, check, peer_state, repair_plan
 from pluto_fs.volume.tree import Tree
 from pluto_fs.volume.volume import open_volume
+from transport.coordinator.client import PeerRecord
 from transport.protocol.peer_id import parse_peer_id
-
-from treegen import assert_same_tree, make_tree
 
 
 @pytest.fixture

@@ -12,19 +12,18 @@ from pathlib import Path
 
 import pytest
 import trio
+from treegen import assert_same_tree, make_tree
 
 from cryptree.caps import WriteCap
 from cryptree.chunks import iter_chunks, seal_chunk
 from cryptree.dirnode import DirEntry
-from cryptree.identity import new_seed, seed_to_phrase
 from cryptree.errors import CapabilityError
+from cryptree.identity import new_seed, seed_to_phrase
 from pluto_fs.errors import NotEnoughPeers, PlutoError
-from pluto_fs.home import Config, Home
 from pluto_fs.grid.localgrid import LocalGrid
+from pluto_fs.home import Config, Home
 from pluto_fs.volume.tree import Tree
 from pluto_fs.volume.volume import open_volume
-
-from treegen import assert_same_tree, make_tree
 
 
 def _home(path: Path, grid: LocalGrid, seed: bytes | None = None) -> Home:

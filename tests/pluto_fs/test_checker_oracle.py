@@ -11,9 +11,11 @@ from collections import Counter
 from pathlib import Path
 
 from tools.checker.history import History
-from tools.checker.nemesis import MOUNT_FAULTS, plan as plan_faults
+from tools.checker.nemesis import MOUNT_FAULTS
+from tools.checker.nemesis import plan as plan_faults
 from tools.checker.oracle import ABSENT, DIR, Oracle, matches
-from tools.checker.workload import Namespace, decode, plan as plan_ops, segment
+from tools.checker.workload import Namespace, decode, segment
+from tools.checker.workload import plan as plan_ops
 
 
 def test_contents_name_their_writers_and_corruption_is_seen() -> None:

@@ -21,10 +21,10 @@ from nacl.signing import SigningKey
 from cryptree.merkle import merkle_root
 from cryptree.slot import SignedSlot, sign_slot
 from pluto_fs.grid.localgrid import GridProcess
-from transport.protocol.dial import dial
 from transport.errors import RemoteError
-from transport.protocol.noise_channel import handshake
 from transport.peer.client import StoragePeerClient
+from transport.protocol.dial import dial
+from transport.protocol.noise_channel import handshake
 
 CLOSE_WAIT = 8.0  # seconds we give the peer to drop a bad connection
 

@@ -66,16 +66,16 @@ from tools.bench.fs_procs import (  # noqa: E402
     Gocryptfs,
     GocryptfsMissing,
     PhaseMeter,
-    cpu_seconds,
-    machine_cpu,
     Profiler,
     RssSampler,
     changed_bytes,
+    cpu_seconds,
     drop_caches,
     gocryptfs_binary,
     gocryptfs_version,
     io_counters,
     is_mounted,
+    machine_cpu,
     page_digests,
     read_status,
 )
@@ -90,14 +90,14 @@ EXCLUDES = ("site-packages",)
 MIN_PEER_CAPACITY = 4 * GIB  # what start_mounted_volume gives each peer by default
 
 
-def raw_bytes_stored(s: "Settings", tree_bytes: int) -> int:
+def raw_bytes_stored(s: Settings, tree_bytes: int) -> int:
     """Fragment bytes the run may leave on all peers together: per repeat the big file (twice if
     the fallback copy is needed), the edit file and the tree, times n/k = 5/3, plus a fifth for
     duplicate uploads and metadata."""
     return int(s.repeat * (2 * s.size + s.edit_file + tree_bytes) * 5 / 3 * 1.2)
 
 
-def peer_capacity(s: "Settings", tree_bytes: int) -> int:
+def peer_capacity(s: Settings, tree_bytes: int) -> int:
     """Capacity offered by each peer (a quota, not disk space taken).
 
     The storage exchange lets the user store what its *live* peers offer. A
@@ -373,7 +373,7 @@ class Bench:
         for step in steps:
             try:
                 step()
-            except Exception as exc:  # noqa: BLE001 - go on stopping the rest
+            except Exception as exc:
                 errors.append(exc)
         if errors:
             raise errors[0]
@@ -867,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         return 130
-    except Exception as exc:  # noqa: BLE001 - report what was measured, then fail
+    except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         log(f"the run failed: {error}")
         import traceback

@@ -130,7 +130,7 @@ class RssSampler(threading.Thread):
     def _sample(self) -> None:
         try:
             pids = self._pids()
-        except Exception:  # noqa: BLE001 - the main thread may be swapping processes
+        except Exception:
             return
         with self._lock:
             phase = self.phase
@@ -171,7 +171,7 @@ class PhaseMeter:
     _cpu0: dict[str, float] = field(default_factory=dict)
     _m0: tuple[float, float] = (0.0, 0.0)
 
-    def __enter__(self) -> "PhaseMeter":
+    def __enter__(self) -> PhaseMeter:
         for name, pid in self.pids.items():
             if self.reset_peaks:
                 reset_hwm(pid)

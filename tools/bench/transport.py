@@ -53,8 +53,8 @@ from nacl.public import PrivateKey  # noqa: E402
 
 from cryptree.merkle import merkle_root  # noqa: E402
 from pluto_fs.grid.localgrid import GridProcess  # noqa: E402
-from transport.protocol.pool import open_pool  # noqa: E402
 from transport.peer.client import StoragePeerClient  # noqa: E402
+from transport.protocol.pool import open_pool  # noqa: E402
 
 MB = 1_000_000
 MIB = 1024 * 1024
@@ -92,7 +92,7 @@ class Series:
     client_faults: list[int] = field(default_factory=list)  # same for this process
     others_cpu: list[float] = field(default_factory=list)  # cores used by other processes meanwhile (noise)
 
-    def add(self, value: float, m: "_Meter") -> None:
+    def add(self, value: float, m: _Meter) -> None:
         self.values.append(value)
         self.peer_cpu.append(m.peer_cpu)
         self.client_cpu.append(m.client_cpu)
@@ -222,7 +222,7 @@ class _Meter:
     def __init__(self, peer_pid: int) -> None:
         self.peer_pid = peer_pid
 
-    def __enter__(self) -> "_Meter":
+    def __enter__(self) -> _Meter:
         self.p0, self.pf0 = _proc_times(self.peer_pid)
         self.c0, self.cf0 = _proc_times(os.getpid())
         self.m0 = _machine_busy_seconds()
@@ -380,7 +380,7 @@ def run_benchmark(settings: Settings | None = None, log=None) -> dict:
     others = [x for v in series.values() for x in v.others_cpu]
     return {
         "benchmark": "transport",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
             "cpu": _cpu_model(),

@@ -30,8 +30,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from pluto_fs.home import Config, Home
 from pluto_fs.grid.testing import MountedVolume
+from pluto_fs.home import Config, Home
 
 from .fixture import Cluster
 from .history import Finding, History

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptree.identity import new_seed, seed_to_phrase
-from pluto_fs.home import Config, Home
 from pluto_fs.grid.localgrid import LocalGrid, child_env
-from pluto_fs.mount.run import is_mounted
 from pluto_fs.grid.testing import MountedVolume, wait_for_placement
+from pluto_fs.home import Config, Home
+from pluto_fs.mount.run import is_mounted
 
 from .settings import Settings
 

@@ -53,7 +53,7 @@ def render(state: State) -> str:
 
 def render_set(states: Iterable[State]) -> str:
     """A set of states, sorted, as 'a | b'."""
-    return " | ".join(sorted((render(s) for s in states))) or "(nothing)"
+    return " | ".join(sorted(render(s) for s in states)) or "(nothing)"
 
 
 def classify(found: State, expected: set[State]) -> str:

@@ -19,10 +19,12 @@ from .checks import final_checks
 from .client import Client
 from .fixture import Cluster
 from .history import Finding, History
-from .nemesis import Fault, Nemesis, plan as plan_faults
+from .nemesis import Fault, Nemesis
+from .nemesis import plan as plan_faults
 from .oracle import DIR, Oracle
 from .settings import Settings
-from .workload import SETUP_FILE, SHARED, Namespace, Op, join, plan as plan_ops, segment
+from .workload import SETUP_FILE, SHARED, Namespace, Op, join, segment
+from .workload import plan as plan_ops
 
 EXIT_OK, EXIT_VIOLATIONS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 SUPERVISE_EVERY = 0.25  # seconds between checks that every mount process is still alive

@@ -7,9 +7,9 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from tools.simulate.cli import KBITS_PER_TB_PER_UNIT, PACKS_PER_TB  # noqa: E402
+from tools.simulate.cli import KBITS_PER_TB_PER_UNIT, PACKS_PER_TB
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 MARKS = {(3, 5, 4): "3-of-5, repair < 4\n(pluto's first rule)",

@@ -20,7 +20,6 @@ import trio
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from transport.protocol.args import get_bool, get_bytes, get_int, get_str
 from transport.coordinator.service import (
     ADDRESS_MAX,
     CARD_MAX,
@@ -29,8 +28,9 @@ from transport.coordinator.service import (
     mailbox_message,
     username_claim_message,
 )
-from transport.protocol.dial import dial
 from transport.errors import ProtocolError, RemoteError
+from transport.protocol.args import get_bool, get_bytes, get_int, get_str
+from transport.protocol.dial import dial
 from transport.protocol.peer_id import KEY_SIZE
 from transport.protocol.pool import PeerPool
 from transport.protocol.rpc import RpcConnection

@@ -36,9 +36,9 @@ import trio
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
+from transport.errors import RemoteError
 from transport.protocol.args import get_bool, get_bytes, get_int, get_list, get_str
 from transport.protocol.dial import parse_address
-from transport.errors import RemoteError
 from transport.protocol.keys import load_or_create_key
 from transport.protocol.peer_id import KEY_SIZE, peer_id_text
 from transport.protocol.rpc import CallContext

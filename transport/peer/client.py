@@ -8,11 +8,9 @@ import trio
 
 from cryptree.merkle import merkle_root, verify_proof
 from cryptree.slot import SignedSlot, SlotError
-
 from transport.errors import ProtocolError, RemoteError
 from transport.protocol.limits import FRAGMENT_MAX, REQUEST_TIMEOUT, STREAM_CHUNK
 from transport.protocol.rpc import RpcConnection
-
 
 _VERIFY_INLINE_MAX = 256 * 1024  # larger fragments are verified in a worker thread
 

@@ -32,8 +32,8 @@ import ctypes
 import errno
 import logging
 import os
-import sqlite3
 import shutil
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +42,6 @@ from typing import TypeVar
 
 from cryptree.merkle import LEAF_SIZE, MerkleBuilder, merkle_proof
 from cryptree.slot import SignedSlot, SlotError
-
 from transport.errors import RemoteError
 from transport.sqlite_db import Database
 
@@ -277,11 +276,11 @@ class FragmentStore:
             row = self.db.conn.execute("SELECT size FROM fragments WHERE id=?", (frag_id,)).fetchone()
         return None if row is None else row[0]
 
-    def open_upload(self) -> "Upload":
+    def open_upload(self) -> Upload:
         """Start receiving a fragment into tmp/."""
         return Upload(self)
 
-    def commit_upload(self, upload: "Upload", frag_id: bytes, size: int, client: bytes) -> bool:
+    def commit_upload(self, upload: Upload, frag_id: bytes, size: int, client: bytes) -> bool:
         """Verify a finished upload against its claimed id and make it durable.
 
         Order matters for crash safety: the upload's bytes are checked first

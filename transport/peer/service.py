@@ -9,18 +9,17 @@ sees plaintext: clients seal everything before it leaves their machine.
 from __future__ import annotations
 
 import logging
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
 
 from cryptree.slot import MAX_SLOT_PAYLOAD, SignedSlot
-
-from transport.protocol.args import get_bytes, get_int
 from transport.coordinator.client import CoordinatorClient
 from transport.errors import RemoteError, TransportError
 from transport.peer.fragment_store import FragmentStore
+from transport.protocol.args import get_bytes, get_int
 from transport.protocol.keys import load_or_create_key
 from transport.protocol.limits import FRAGMENT_MAX, HANDSHAKE_TIMEOUT, STREAM_CHUNK
 from transport.protocol.peer_id import peer_id_text

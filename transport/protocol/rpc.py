@@ -20,9 +20,15 @@ from typing import Any
 
 import trio
 
-from transport.protocol import wire
 from transport.errors import ConnectionClosed, ProtocolError, RemoteError, RequestTimeout, TransportError
-from transport.protocol.limits import CONCURRENT_REQUESTS_MAX, IDLE_CONNECTION_TIMEOUT, MESSAGE_MAX, REQUEST_TIMEOUT, STREAM_IDLE_TIMEOUT
+from transport.protocol import wire
+from transport.protocol.limits import (
+    CONCURRENT_REQUESTS_MAX,
+    IDLE_CONNECTION_TIMEOUT,
+    MESSAGE_MAX,
+    REQUEST_TIMEOUT,
+    STREAM_IDLE_TIMEOUT,
+)
 from transport.protocol.noise_channel import NoiseChannel
 from transport.protocol.peer_id import peer_id_text
 
@@ -92,7 +98,7 @@ class CallContext:
 
     remote_key: bytes
     remote_address: str
-    _conn: "RpcConnection"
+    _conn: RpcConnection
     _id: int
     _upload: trio.MemoryReceiveChannel | None = None
 

@@ -108,7 +108,7 @@ def run_as(uid: int | None, gid: int | None, fn: Callable[[], Any]) -> tuple[str
                 result: tuple[str, Any] = ("ok", fn())
             except OSError as e:
                 result = ("errno", e.errno)
-            except BaseException as e:  # noqa: BLE001 - report everything to the parent
+            except BaseException as e:
                 result = ("error", repr(e))
             data = pickle.dumps(result)
             while data:

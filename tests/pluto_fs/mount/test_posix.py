@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from posix_helpers import (
     NOBODY,
     UTIME_OMIT,

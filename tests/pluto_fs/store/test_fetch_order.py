@@ -5,8 +5,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from pluto_fs.store.fetch_order import FIRST_HEDGE_DELAY, FetchOrder
 from pluto_fs.net.quorum import MAX_GRACE, MIN_GRACE, run_until_enough
+from pluto_fs.store.fetch_order import FIRST_HEDGE_DELAY, FetchOrder
 
 PEERS = (b"p0", b"p1", b"p2", b"p3", b"p4")
 

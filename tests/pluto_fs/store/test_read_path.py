@@ -5,13 +5,12 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 
-import pytest
 import trio
 
 from cryptree.filenode import ChunkRef, Manifest
+from pluto_fs.net.single_flight import SingleFlight
 from pluto_fs.store.fetch_cache import FetchCache
 from pluto_fs.store.manifest_index import ManifestIndex
-from pluto_fs.net.single_flight import SingleFlight
 
 
 class CountingFetch:

@@ -14,6 +14,7 @@ import pytest
 from cryptree.dirnode import new_directory_cap
 from cryptree.identity import new_seed
 from pluto_fs.home import Config, Home
+from pluto_fs.volume.risk import PeerCounts, assess, at_risk
 from pluto_fs.writeback.journal import Journal
 from pluto_fs.writeback.journal_state import (
     JournalDamaged,
@@ -22,7 +23,6 @@ from pluto_fs.writeback.journal_state import (
     open_journal,
     read_local_changes,
 )
-from pluto_fs.volume.risk import PeerCounts, assess, at_risk
 from pluto_fs.writeback.salvage import names_from_journal, salvage
 
 HEAD = [0o644, 0, 0, 1, 2, 3, {}]

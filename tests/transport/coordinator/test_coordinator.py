@@ -13,6 +13,7 @@ import trio
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
+from transport.coordinator.client import CoordinatorClient, deposit_anonymously
 from transport.coordinator.service import (
     DB_NAME,
     CoordinatorLimits,
@@ -24,7 +25,6 @@ from transport.coordinator.service import (
     uptime_fraction,
     username_claim_message,
 )
-from transport.coordinator.client import CoordinatorClient, deposit_anonymously
 from transport.errors import HandshakeError, ProtocolError, RemoteError
 from transport.protocol.peer_id import parse_peer_id
 from transport.protocol.pool import PeerPool, open_pool

@@ -13,9 +13,9 @@ from nacl.signing import SigningKey
 from cryptree.merkle import LEAF_SIZE, merkle_root
 from cryptree.slot import SignedSlot, sign_slot
 from transport.errors import RemoteError
-from transport.protocol.pool import open_pool
 from transport.peer.client import StoragePeerClient
 from transport.peer.service import PeerConfig, run_storage_peer
+from transport.protocol.pool import open_pool
 
 
 async def _with_peer(tmp: Path, fn, capacity: int = 64 << 20, client_quota: int | None = None) -> None:

@@ -14,13 +14,13 @@ from nacl.signing import SigningKey
 
 from cryptree.merkle import merkle_root
 from cryptree.slot import sign_slot
-from transport.protocol import wire
 from transport.errors import RemoteError
+from transport.peer.client import StoragePeerClient
 from transport.peer.fragment_store import FragmentStore, _DirSyncer
+from transport.peer.service import PeerConfig, run_storage_peer
+from transport.protocol import wire
 from transport.protocol.pool import open_pool
 from transport.protocol.rpc import _decode_piece, _piece_header
-from transport.peer.client import StoragePeerClient
-from transport.peer.service import PeerConfig, run_storage_peer
 
 
 @pytest.mark.parametrize("call_id", [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1])
@@ -65,7 +65,7 @@ def test_dir_syncer_batches_and_reports_errors(tmp_path: Path) -> None:
         try:
             for _ in range(20):
                 syncer.sync(d)
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(d,)) for d in dirs]

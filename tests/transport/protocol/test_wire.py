@@ -6,8 +6,8 @@ import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transport.protocol import wire
 from transport.errors import ProtocolError
+from transport.protocol import wire
 from transport.protocol.peer_id import parse_peer_id, peer_id_text
 
 plain = st.recursive(
