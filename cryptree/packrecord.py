@@ -65,7 +65,9 @@ class Locator:
 
     def encode(self) -> bytes:
         """The bytes stored in a ChunkRef's locator field."""
-        return _cbor.dumps([LOCATOR_VERSION, self.nonce, self.record.writer, self.record.read_key, self.offset, self.length])
+        return _cbor.dumps(
+            [LOCATOR_VERSION, self.nonce, self.record.writer, self.record.read_key, self.offset, self.length]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Locator:
