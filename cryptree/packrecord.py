@@ -6,7 +6,7 @@ which peer holds each fragment column. The record is a signed mutable slot of
 its own, so repair can move fragments and re-sign the record without touching
 any file manifest that points into the pack.
 
-Record body (CBOR, sealed and signed; docs/DATA_PATH.md):
+Record body (CBOR, sealed and signed; byte layout in docs/FORMATS.md §8.4):
 
     v1: [1, layout, [peer id (bstr 32) × n]]
     v2: [2, layout, [peer id (bstr 32) or null × n]]
