@@ -39,8 +39,8 @@ from cryptree.keys import KEY_SIZE, new_key
 Kind = Literal["dir", "file"]
 
 CAP_VERSION = 1
-_KIND_CODE: dict[str, int] = {"dir": 1, "file": 2}
-_CODE_KIND: dict[int, str] = {v: k for k, v in _KIND_CODE.items()}
+_KIND_CODE: dict[Kind, int] = {"dir": 1, "file": 2}
+_CODE_KIND: dict[int, Kind] = {v: k for k, v in _KIND_CODE.items()}
 _CHECKSUM_SIZE = 4
 _PAYLOAD_SIZE = 2 + 2 * KEY_SIZE + _CHECKSUM_SIZE
 _ENCODED_SIZE = -(-_PAYLOAD_SIZE * 8 // 5)
@@ -61,7 +61,7 @@ def _checksum(access: str, body: bytes) -> bytes:
     return blake3.blake3(_CHECKSUM_LABEL + access.encode() + body).digest(length=_CHECKSUM_SIZE)
 
 
-def _encode(access: str, kind: str, key_material: bytes, read_key: bytes) -> str:
+def _encode(access: str, kind: Kind, key_material: bytes, read_key: bytes) -> str:
     body = bytes((CAP_VERSION, _KIND_CODE[kind])) + key_material + read_key
     text = base64.b32encode(body + _checksum(access, body)).decode("ascii").rstrip("=").lower()
     return f"{_SCHEME}:{access}:{text}"
@@ -173,5 +173,5 @@ def parse_cap(text: str) -> ReadCap | WriteCap:
         raise CapabilityError(f"capability names unknown node kind {body[1]}; upgrade pluto")
     key_material, read_key = body[2 : 2 + KEY_SIZE], body[2 + KEY_SIZE :]
     if access == "r":
-        return ReadCap(kind, key_material, read_key)  # type: ignore[arg-type]
-    return WriteCap(kind, key_material, read_key)  # type: ignore[arg-type]
+        return ReadCap(kind, key_material, read_key)
+    return WriteCap(kind, key_material, read_key)

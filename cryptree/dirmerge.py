@@ -72,12 +72,12 @@ def same_content(a: DirEntry, b: DirEntry) -> bool:
     return a.child == b.child and a.size == b.size
 
 
-def _conflict_key(e: DirEntry) -> tuple:
+def _conflict_key(e: DirEntry) -> tuple[int, int, bytes, Version]:
     last = versions.last_writer(e.version) or (b"", 0)
     return (e.mtime_ns, last[1], last[0], e.version)
 
 
-def _attr_key(e: DirEntry) -> tuple:
+def _attr_key(e: DirEntry) -> tuple[int, int, bytes]:
     return (e.ctime_ns, e.mtime_ns, encode_entry(e))
 
 
@@ -163,10 +163,17 @@ def newer_attrs(a: DirAttrs | None, b: DirAttrs | None) -> DirAttrs | None:
     return a if key_a >= key_b else b
 
 
+def _names(d: Directory) -> dict[str, DirEntry | Tombstone]:
+    """Every name of `d`, live or deleted (a folder never holds one name as both)."""
+    out: dict[str, DirEntry | Tombstone] = {t.name: t for t in d.tombstones}
+    out.update((e.name, e) for e in d.entries)
+    return out
+
+
 def merge_directories(x: Directory, y: Directory) -> Directory:
     """The merge of two versions of one folder (commutative; sequence number: the larger)."""
-    xs: dict[str, DirEntry | Tombstone] = {e.name: e for e in (*x.tombstones, *x.entries)}
-    ys: dict[str, DirEntry | Tombstone] = {e.name: e for e in (*y.tombstones, *y.entries)}
+    xs = _names(x)
+    ys = _names(y)
     entries: dict[str, DirEntry] = {}
     tombstones: dict[str, Tombstone] = {}
     losers: list[DirEntry] = []

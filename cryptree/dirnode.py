@@ -311,11 +311,12 @@ def child_write_cap(parent: WriteCap, entry: DirEntry) -> WriteCap:
 
 
 def _encode_child(child: Child) -> Any:
-    if type(child) is DirLink:
+    # DirEntry admits exactly these four types, so isinstance (which narrows) is as strict as `type() is`.
+    if isinstance(child, DirLink):
         return [child.cap.writer, child.cap.read_key, child.wrapped_writer]
-    if type(child) is Symlink:
+    if isinstance(child, Symlink):
         return child.target
-    return encode_content(child)  # type: ignore[arg-type]
+    return encode_content(child)
 
 
 def _decode_child(kind: int, value: Any) -> Child:
@@ -423,7 +424,10 @@ def encode_directory(entries: Iterable[DirEntry], attrs: DirAttrs | None = None,
 
 
 def decode_directory(seq: int, body: bytes | memoryview) -> Directory:
-    """Parse directory plaintext strictly (format 2, or format 1 from older plutos); FormatError on anything malformed."""
+    """Parse directory plaintext strictly (format 2, or format 1 from older plutos).
+
+    FormatError on anything malformed.
+    """
     fields = _cbor.loads(body, "directory")
     head = _cbor.expect_list(fields, None, "directory")
     version = head[0] if head else None

@@ -57,7 +57,7 @@ def new_file_key() -> bytes:
 
 @dataclass(frozen=True)
 class ChunkRef:
-    """Where one chunk is and how to open it. `locator` is the volume engine's (pack, offset, ...)."""
+    """Where one chunk is and how to open it. `locator`: an encoded packrecord.Locator (docs/FORMATS.md §7)."""
 
     chunk_id: bytes = field(repr=False)  # keyed BLAKE3 of the plaintext (owner's dedup key)
     length: int  # plaintext length

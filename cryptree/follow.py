@@ -47,7 +47,7 @@ from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
 from cryptree import _cbor
-from cryptree.caps import ReadCap, WriteCap
+from cryptree.caps import Kind, ReadCap, WriteCap
 from cryptree.errors import CapabilityError, CryptreeError, DecryptionError, FormatError, SignatureError
 from cryptree.identity import UserKeys
 from cryptree.keys import KEY_SIZE
@@ -85,10 +85,10 @@ _TYPE_REQUEST = 1
 _TYPE_GRANT = 2
 
 GrantKind = Literal["accept", "share", "replace"]
-_GRANT_CODE: dict[str, int] = {"accept": 1, "share": 2, "replace": 3}
-_CODE_GRANT: dict[int, str] = {v: k for k, v in _GRANT_CODE.items()}
-_CAP_KIND_CODE: dict[str, int] = {"dir": 1, "file": 2}  # same codes as the cap strings
-_CODE_CAP_KIND: dict[int, str] = {v: k for k, v in _CAP_KIND_CODE.items()}
+_GRANT_CODE: dict[GrantKind, int] = {"accept": 1, "share": 2, "replace": 3}
+_CODE_GRANT: dict[int, GrantKind] = {v: k for k, v in _GRANT_CODE.items()}
+_CAP_KIND_CODE: dict[Kind, int] = {"dir": 1, "file": 2}  # same codes as the cap strings
+_CODE_CAP_KIND: dict[int, Kind] = {v: k for k, v in _CAP_KIND_CODE.items()}
 
 Buffer = bytes | bytearray | memoryview
 
@@ -281,12 +281,12 @@ def _encode_cap(cap: ReadCap | WriteCap) -> list[Any]:
 def _decode_cap(value: Any, what: str) -> ReadCap | WriteCap:
     fields = _cbor.expect_list(value, 4, what)
     access = _cbor.expect_int(fields[0], 0, 1, f"{what} access")
-    kind = _CODE_CAP_KIND.get(_cbor.expect_int(fields[1], 1, 2, f"{what} kind"))
+    kind = _CODE_CAP_KIND[_cbor.expect_int(fields[1], 1, 2, f"{what} kind")]
     key_material = _cbor.expect_bytes(fields[2], f"{what} key", KEY_SIZE)
     read_key = _cbor.expect_bytes(fields[3], f"{what} read key", KEY_SIZE)
     if access == 1:
-        return WriteCap(kind, key_material, read_key)  # type: ignore[arg-type]
-    return ReadCap(kind, key_material, read_key)  # type: ignore[arg-type]
+        return WriteCap(kind, key_material, read_key)
+    return ReadCap(kind, key_material, read_key)
 
 
 # ---- the sealed, signed, fixed-size envelope ------------------------------------------------------
@@ -422,11 +422,12 @@ def seal_follow_request(
 def _request_from(env: _Envelope, what: str) -> FollowRequest:
     if len(env.rest) != 1:
         raise FormatError(f"{what} must have 8 fields, not {7 + len(env.rest)}; it is corrupt")
-    reply_cap = None
+    reply_cap: ReadCap | None = None
     if env.rest[0] is not None:
-        reply_cap = _decode_cap(env.rest[0], f"{what} reply capability")
-        if not isinstance(reply_cap, ReadCap):
+        offered = _decode_cap(env.rest[0], f"{what} reply capability")
+        if not isinstance(offered, ReadCap):
             raise FormatError(f"{what} offers a write capability; a follow request carries read caps only")
+        reply_cap = offered
     return FollowRequest(env.sender, env.message_id, env.timestamp, reply_cap)
 
 
@@ -532,7 +533,7 @@ def _grant_from(env: _Envelope, what: str) -> Grant:
     cap = _decode_cap(env.rest[1], f"{what} capability")
     request_id = env.rest[2]
     _check_grant_fields(kind, cap, request_id, FormatError, what)
-    return Grant(env.sender, kind, cap, request_id, env.message_id, env.timestamp)  # type: ignore[arg-type]
+    return Grant(env.sender, kind, cap, request_id, env.message_id, env.timestamp)
 
 
 def open_grant(

@@ -3,7 +3,7 @@
 Everything a user owns hangs off the seed, so `pluto restore` with the 24
 words on a fresh machine brings back the identity, the root directory and the
 chunk-id key, and from the root the whole tree. Sub-keys are HKDF-SHA256
-expansions of the seed under distinct labels (listed in docs/CRYPTREE.md);
+expansions of the seed under distinct labels (listed in docs/FORMATS.md §1.4);
 the labels are part of the format and must never change.
 """
 

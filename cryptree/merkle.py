@@ -24,7 +24,7 @@ _NODE = b"\x01"
 _ROOT = b"\x02"
 
 
-def leaf_hash(leaf: bytes | memoryview) -> bytes:
+def leaf_hash(leaf: bytes | bytearray | memoryview) -> bytes:
     """Hash one leaf (at most LEAF_SIZE bytes)."""
     h = blake3.blake3(_LEAF)
     h.update(leaf)

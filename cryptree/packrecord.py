@@ -6,7 +6,7 @@ which peer holds each fragment column. The record is a signed mutable slot of
 its own, so repair can move fragments and re-sign the record without touching
 any file manifest that points into the pack.
 
-Record body (CBOR, sealed and signed; docs/DATA_PATH.md):
+Record body (CBOR, sealed and signed; byte layout in docs/FORMATS.md §8.4):
 
     v1: [1, layout, [peer id (bstr 32) × n]]
     v2: [2, layout, [peer id (bstr 32) or null × n]]
@@ -65,7 +65,9 @@ class Locator:
 
     def encode(self) -> bytes:
         """The bytes stored in a ChunkRef's locator field."""
-        return _cbor.dumps([LOCATOR_VERSION, self.nonce, self.record.writer, self.record.read_key, self.offset, self.length])
+        return _cbor.dumps(
+            [LOCATOR_VERSION, self.nonce, self.record.writer, self.record.read_key, self.offset, self.length]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Locator:

@@ -136,9 +136,9 @@ def histories(draw) -> tuple[Directory, Directory]:
             before = state.get(name)
             v = versions.bumped(before.version if before else (), tag)
             state[name] = _file(name, data, v, mtime) if op == "write" else Tombstone(name, mtime, v)
-        sides.append(Directory(draw(st.integers(1, 3)), None,
-                               tuple(sorted((e for e in state.values() if isinstance(e, DirEntry)), key=lambda e: e.name)),
-                               tuple(sorted((e for e in state.values() if isinstance(e, Tombstone)), key=lambda e: e.name))))
+        live = sorted((e for e in state.values() if isinstance(e, DirEntry)), key=lambda e: e.name)
+        dead = sorted((e for e in state.values() if isinstance(e, Tombstone)), key=lambda e: e.name)
+        sides.append(Directory(draw(st.integers(1, 3)), None, tuple(live), tuple(dead)))
     return sides[0], sides[1]
 
 

@@ -41,7 +41,7 @@ def test_a_column_no_peer_acknowledged_is_null_in_a_v2_record() -> None:
     record = PackRecord(LAYOUT, (A, None, C))
     slot = seal_pack_record(CAP, 1, record)
     assert _version(slot) == 2
-    seq, back = open_pack_record(CAP.read_cap(), slot)
+    _, back = open_pack_record(CAP.read_cap(), slot)
     assert back == record and back.missing == [1]
 
 
@@ -55,7 +55,7 @@ def test_one_peer_for_two_columns_is_never_written_and_refused_in_v2() -> None:
 
 
 def test_v1_records_of_older_clients_still_open_even_with_a_peer_named_twice() -> None:
-    seq, record = open_pack_record(CAP, _sealed_body([1, LAYOUT, [A, B, A]]))
+    _, record = open_pack_record(CAP, _sealed_body([1, LAYOUT, [A, B, A]]))
     assert record.peers == (A, B, A) and record.missing == []
 
 
