@@ -20,7 +20,7 @@ import trio
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from transport.coordinator.service import (
+from transport.coordinator.messages import (
     ADDRESS_MAX,
     CARD_MAX,
     NONCE_SIZE,

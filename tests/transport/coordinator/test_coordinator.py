@@ -14,17 +14,11 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from transport.coordinator.client import CoordinatorClient, deposit_anonymously
-from transport.coordinator.service import (
-    DB_NAME,
-    CoordinatorLimits,
-    add_audit,
-    decay_audit_weights,
-    mailbox_message,
-    reputation_score,
-    run_coordinator,
-    uptime_fraction,
-    username_claim_message,
-)
+from transport.coordinator.limits import CoordinatorLimits
+from transport.coordinator.messages import mailbox_message, username_claim_message
+from transport.coordinator.reputation import add_audit, decay_audit_weights, reputation_score, uptime_fraction
+from transport.coordinator.schema import DB_NAME
+from transport.coordinator.service import run_coordinator
 from transport.errors import HandshakeError, ProtocolError, RemoteError
 from transport.protocol.peer_id import parse_peer_id
 from transport.protocol.pool import PeerPool, open_pool
