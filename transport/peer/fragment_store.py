@@ -126,7 +126,8 @@ class FragmentStore:
         lost (its commit was not yet on disk) is re-indexed, unclaimed; a row
         whose file is gone is dropped.
         """
-        known = {bytes(r[0]): r[1] for r in self.db.conn.execute("SELECT id, size FROM fragments")}
+        with self.db.reading() as conn:
+            known = {bytes(r[0]): r[1] for r in conn.execute("SELECT id, size FROM fragments")}
         on_disk: dict[bytes, int] = {}
         for sub in (self.root / "fragments").iterdir():
             if not sub.is_dir():
@@ -182,12 +183,12 @@ class FragmentStore:
 
     def _load_totals(self) -> None:
         """Sum the index once (at start, or after a failed commit left the counters unsure)."""
-        with self.db._lock:
-            total = self.db.conn.execute(
+        with self.db.reading() as conn:
+            total = conn.execute(
                 "SELECT (SELECT COALESCE(SUM(size),0) FROM fragments)"
                 " + (SELECT COALESCE(SUM(LENGTH(payload)),0) FROM slots)"
             ).fetchone()[0]
-            rows = self.db.conn.execute(
+            rows = conn.execute(
                 "SELECT client, SUM(n) FROM (SELECT client, size AS n FROM claims"
                 " UNION ALL SELECT client, LENGTH(payload) AS n FROM slots) GROUP BY client"
             ).fetchall()
@@ -233,8 +234,8 @@ class FragmentStore:
 
     def client_usage(self, limit: int = 10_000) -> list[tuple[bytes, int]]:
         """Raw bytes held per client (fragments claimed + slots), largest first."""
-        with self.db._lock:
-            rows = self.db.conn.execute(
+        with self.db.reading() as conn:
+            rows = conn.execute(
                 "SELECT client, SUM(n) FROM (SELECT client, size AS n FROM claims"
                 " UNION ALL SELECT client, LENGTH(payload) AS n FROM slots) GROUP BY client ORDER BY 2 DESC LIMIT ?",
                 (limit,),
@@ -243,8 +244,8 @@ class FragmentStore:
 
     def fragment_count(self) -> int:
         """Number of distinct fragments held."""
-        with self.db._lock:
-            return self.db.conn.execute("SELECT COUNT(*) FROM fragments").fetchone()[0]
+        with self.db.reading() as conn:
+            return conn.execute("SELECT COUNT(*) FROM fragments").fetchone()[0]
 
     def _disk_free(self) -> int:
         st = os.statvfs(self.root)
@@ -272,8 +273,8 @@ class FragmentStore:
 
     def has_fragment(self, frag_id: bytes) -> int | None:
         """Size of fragment `frag_id` if held."""
-        with self.db._lock:
-            row = self.db.conn.execute("SELECT size FROM fragments WHERE id=?", (frag_id,)).fetchone()
+        with self.db.reading() as conn:
+            row = conn.execute("SELECT size FROM fragments WHERE id=?", (frag_id,)).fetchone()
         return None if row is None else row[0]
 
     def open_upload(self) -> Upload:
@@ -408,8 +409,8 @@ class FragmentStore:
 
     def get_slot(self, writer: bytes) -> SignedSlot | None:
         """The latest stored version of the slot at `writer`, if any."""
-        with self.db._lock:
-            row = self.db.conn.execute("SELECT seq, payload, signature FROM slots WHERE writer=?", (writer,)).fetchone()
+        with self.db.reading() as conn:
+            row = conn.execute("SELECT seq, payload, signature FROM slots WHERE writer=?", (writer,)).fetchone()
         if row is None:
             return None
         return SignedSlot(writer, row[0], bytes(row[1]), bytes(row[2]))

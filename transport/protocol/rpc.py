@@ -187,7 +187,7 @@ class RpcConnection:
         try:
             await self.channel.send_parts(parts)
         finally:
-            if self.channel._broken:
+            if self.channel.broken:
                 self._closed = True
                 self._close_reason = "a send was interrupted half-way"
                 await self.channel.aclose()
