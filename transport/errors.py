@@ -1,4 +1,21 @@
-"""Errors raised by the transport layer. Each carries a one-line message."""
+"""Errors raised by the transport layer. Each carries a one-line message.
+
+Every exception the transport layer raises because of a remote party or the
+network is a `TransportError`, so a caller that talks to peers or to the
+coordinator needs one `except TransportError` to survive any of them; the
+subclasses say what went wrong when the caller can do something about it
+(retry after a timeout, give up on a peer that refused with a code).
+
+Hostile input (a frame, a message, an answer) surfaces as one of these,
+never as a KeyError/TypeError from a decoder. What is not a TransportError
+is not the remote's doing: ValueError for a bad argument from our own
+caller (a malformed address or peer id, a misused constructor), OSError
+from the local disk of a storage peer, which its handler reports to the
+remote as an "internal" refusal.
+"""
+
+from __future__ import annotations
+
 
 
 class TransportError(Exception):
