@@ -48,6 +48,7 @@ from transport.protocol.keys import load_or_create_key
 from transport.protocol.peer_id import KEY_SIZE, peer_id_text
 from transport.protocol.rpc import CallContext
 from transport.protocol.server import RpcService, serve_rpc
+from transport.protocol.wire import Map
 from transport.sqlite_db import Database
 
 __all__ = ["DB_NAME", "KEY_NAME", "USERNAME_RE", "Coordinator", "CoordinatorLimits", "run_coordinator"]
@@ -55,8 +56,6 @@ __all__ = ["DB_NAME", "KEY_NAME", "USERNAME_RE", "Coordinator", "CoordinatorLimi
 log = logging.getLogger(__name__)
 
 KEY_NAME = "coordinator.key"
-
-Args = dict[str, Any]
 
 
 # ---- argument helpers specific to the coordinator ---------------------------
@@ -66,7 +65,7 @@ def _bad(message: str) -> RemoteError:
     return RemoteError("bad_request", message)
 
 
-def _get_usage(args: Args, max_items: int) -> list[tuple[bytes, int]] | None:
+def _get_usage(args: Map, max_items: int) -> list[tuple[bytes, int]] | None:
     """Optional per-client usage report: [[client key (32 bytes), bytes], ...]."""
     raw = args.get("clients")
     if raw is None:
@@ -87,7 +86,7 @@ def _get_usage(args: Args, max_items: int) -> list[tuple[bytes, int]] | None:
     return out
 
 
-def _get_seconds(args: Args, name: str, *, low: float, high: float, default: float) -> float:
+def _get_seconds(args: Map, name: str, *, low: float, high: float, default: float) -> float:
     """A positive finite number of seconds, capped to `high` (args.py has no float validator)."""
     value: Any = args.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -99,7 +98,7 @@ def _get_seconds(args: Args, name: str, *, low: float, high: float, default: flo
     return high if value > high else float(value)  # compared before float() so huge ints cannot overflow
 
 
-def _get_key_list(args: Args, name: str, *, max_len: int) -> list[bytes]:
+def _get_key_list(args: Map, name: str, *, max_len: int) -> list[bytes]:
     items = get_list(args, name, max_len=max_len, default=[])
     keys: list[bytes] = []
     for item in items:
@@ -109,7 +108,7 @@ def _get_key_list(args: Args, name: str, *, max_len: int) -> list[bytes]:
     return keys
 
 
-def _get_username(args: Args) -> str:
+def _get_username(args: Map) -> str:
     name = get_str(args, "username", max_len=32)
     if not is_valid_username(name):
         raise _bad("username must be 1-32 characters of a-z, 0-9, '_' and '-'")
@@ -125,7 +124,7 @@ def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _get_address(args: Args, ctx: CallContext) -> str:
+def _get_address(args: Map, ctx: CallContext) -> str:
     """The address a peer is reachable at, normalised; a wildcard host means 'where you see me'."""
     text = get_str(args, "address", max_len=ADDRESS_MAX)
     # parse_address accepts non-ASCII digits and any host text; clients will
@@ -143,7 +142,7 @@ def _get_address(args: Args, ctx: CallContext) -> str:
     return _format_address(host, port)
 
 
-def _get_optional_key(args: Args, name: str) -> bytes | None:
+def _get_optional_key(args: Map, name: str) -> bytes | None:
     return get_bytes(args, name, size=32) if args.get(name) is not None else None
 
 
@@ -201,11 +200,11 @@ class Coordinator(RpcService):
 
     # ---- peers -------------------------------------------------------------
 
-    async def rpc_ping(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_ping(self, ctx: CallContext, args: Map) -> Map:
         """{} -> {peer_id}: the coordinator's own peer id, so clients can pin it."""
         return {"peer_id": peer_id_text(self.public_key)}
 
-    async def rpc_register(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_register(self, ctx: CallContext, args: Map) -> Map:
         """Register or update the caller as a storage peer; the id is its Noise key."""
         address = _get_address(args, ctx)
         capacity = get_int(args, "capacity")
@@ -223,7 +222,7 @@ class Coordinator(RpcService):
         await self.peers.register(ctx.remote_key, address, capacity, free, interval, owner)
         return {"peer_id": ctx.remote_id, "address": address, "heartbeat_interval": interval}
 
-    async def rpc_heartbeat(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_heartbeat(self, ctx: CallContext, args: Map) -> Map:
         """Record that the caller is alive with `free` and `used` bytes."""
         free = get_int(args, "free")
         used = get_int(args, "used")
@@ -231,12 +230,12 @@ class Coordinator(RpcService):
         interval = await self.peers.heartbeat(ctx.remote_key, free, used, clients)
         return {"heartbeat_interval": interval}
 
-    async def rpc_allowance(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_allowance(self, ctx: CallContext, args: Map) -> Map:
         """Storage exchange: what `client` (default: the caller) offers, may store and stores (raw bytes)."""
         client = _get_optional_key(args, "client") or ctx.remote_key
         return dict(await self.peers.allowance(client))
 
-    async def rpc_find_peers(self, ctx: CallContext, args: Args) -> list[Args]:
+    async def rpc_find_peers(self, ctx: CallContext, args: Map) -> list[Map]:
         """Up to `n` distinct, alive, eligible peers with free space, not in `exclude` nor the caller."""
         n = get_int(args, "n", low=1, high=self.limits.find_peers_max)
         exclude = set(_get_key_list(args, "exclude", max_len=self.limits.exclude_max))
@@ -244,15 +243,15 @@ class Coordinator(RpcService):
         exclude.add(ctx.remote_key)
         return await self.peers.find_peers(n, exclude, min_free)
 
-    async def rpc_lookup_peer(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_lookup_peer(self, ctx: CallContext, args: Map) -> Map:
         """{id} -> {address, alive}: where a peer is now (it re-registers after moving)."""
         return await self.peers.lookup_peer(get_bytes(args, "id", size=KEY_SIZE))
 
-    async def rpc_list_peers(self, ctx: CallContext, args: Args) -> list[Args]:
+    async def rpc_list_peers(self, ctx: CallContext, args: Map) -> list[Map]:
         """Every registered peer (most recently seen first, capped) with uptime and reputation."""
         return await self.peers.list_peers()
 
-    async def rpc_report_audit(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_report_audit(self, ctx: CallContext, args: Map) -> Map:
         """Count one audit outcome against `peer` (at most one per reporter per peer per interval)."""
         peer = get_bytes(args, "peer", size=KEY_SIZE)
         ok = get_bool(args, "ok")
@@ -260,7 +259,7 @@ class Coordinator(RpcService):
 
     # ---- usernames ---------------------------------------------------------
 
-    async def rpc_claim_username(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_claim_username(self, ctx: CallContext, args: Map) -> Map:
         """Bind `username` to an Ed25519 key, first come first served; re-claiming is idempotent."""
         username = _get_username(args)
         public_key = get_bytes(args, "public_key", size=KEY_SIZE)
@@ -269,46 +268,46 @@ class Coordinator(RpcService):
         await self.users.claim(username, public_key, timestamp, signature)
         return {"username": username}
 
-    async def rpc_lookup_user(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_lookup_user(self, ctx: CallContext, args: Map) -> Map:
         """{username} -> {public_key}, or not_found."""
         return {"public_key": await self.users.lookup(_get_username(args))}
 
-    async def rpc_put_card(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_put_card(self, ctx: CallContext, args: Map) -> Map:
         """{username, card}: publish the signed contact card of a claimed username."""
         username = _get_username(args)
         blob = get_bytes(args, "card", max_size=CARD_MAX)
         await self.users.put_card(username, blob)
         return {"stored": True}
 
-    async def rpc_get_card(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_get_card(self, ctx: CallContext, args: Map) -> Map:
         """{username} -> {card}, or not_found."""
         return {"card": await self.users.get_card(_get_username(args))}
 
     # ---- mailboxes ---------------------------------------------------------
 
-    async def rpc_mailbox_deposit(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_mailbox_deposit(self, ctx: CallContext, args: Map) -> Map:
         """Store an opaque blob for `mailbox`; nothing about the depositor is kept."""
         mailbox = get_bytes(args, "mailbox", size=KEY_SIZE)
         blob = get_bytes(args, "blob", max_size=self.limits.mailbox_blob_size)
         await self.mailboxes.deposit(mailbox, blob)
         return {"stored": True}
 
-    async def rpc_mailbox_challenge(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_mailbox_challenge(self, ctx: CallContext, args: Map) -> Map:
         """{mailbox} -> {nonce}: a 32-byte single-use nonce valid for `challenge_ttl` seconds."""
         return {"nonce": self.mailboxes.challenge(get_bytes(args, "mailbox", size=KEY_SIZE))}
 
-    def _check_owner(self, args: Args, action: Literal["fetch", "delete"]) -> bytes:
+    def _check_owner(self, args: Map, action: Literal["fetch", "delete"]) -> bytes:
         mailbox = get_bytes(args, "mailbox", size=KEY_SIZE)
         nonce = get_bytes(args, "nonce", size=NONCE_SIZE)
         signature = get_bytes(args, "signature", size=SIGNATURE_SIZE)
         self.mailboxes.check_owner(mailbox, nonce, signature, action)
         return mailbox
 
-    async def rpc_mailbox_fetch(self, ctx: CallContext, args: Args) -> list[Args]:
+    async def rpc_mailbox_fetch(self, ctx: CallContext, args: Map) -> list[Map]:
         """The blobs in a mailbox, oldest first, for its key's owner."""
         return await self.mailboxes.fetch(self._check_owner(args, "fetch"))
 
-    async def rpc_mailbox_delete(self, ctx: CallContext, args: Args) -> Args:
+    async def rpc_mailbox_delete(self, ctx: CallContext, args: Map) -> Map:
         """Delete the listed blob ids from a mailbox, for its key's owner."""
         ids = get_list(args, "ids", max_len=self.limits.mailbox_blobs_max)
         if not all(type(i) is int and 0 < i < 2**63 for i in ids):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import io
 import logging
 import os
 import shutil
@@ -245,7 +246,7 @@ class FragmentStore:
     def fragment_count(self) -> int:
         """Number of distinct fragments held."""
         with self.db.reading() as conn:
-            return conn.execute("SELECT COUNT(*) FROM fragments").fetchone()[0]
+            return int(conn.execute("SELECT COUNT(*) FROM fragments").fetchone()[0])
 
     def _disk_free(self) -> int:
         st = os.statvfs(self.root)
@@ -330,7 +331,7 @@ class FragmentStore:
         finally:
             upload.discard()
 
-    def read_fragment_pieces(self, frag_id: bytes, piece: int):
+    def read_fragment_pieces(self, frag_id: bytes, piece: int) -> tuple[io.FileIO, int]:
         """Open fragment `frag_id` for streaming; returns (file, size) or raises not_found."""
         size = self.has_fragment(frag_id)
         if size is None:
@@ -434,6 +435,11 @@ class Upload:
         self._written = 0
         self.moved = False  # renamed into fragments/: nothing left in tmp/ to remove
 
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError("the upload file is already closed")
+        return self._fd
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes (blocking); a full disk becomes a clear refusal."""
         self.write_pieces([data])
@@ -445,13 +451,14 @@ class Upload:
         buffer first; then the kernel is asked to start writing them back, so
         the fsync at the end waits for the last batch only, not the whole file.
         """
+        fd = self._open_fd()
         for piece in pieces:
-            self.builder.update(piece)
+            self.builder.update(memoryview(piece))
         views = [memoryview(p).cast("B") for p in pieces if len(p)]
         start = self._written
         try:
             while views:
-                n = os.writev(self._fd, views[:_IOV_MAX])
+                n = os.writev(fd, views[:_IOV_MAX])
                 self._written += n
                 while views and n >= len(views[0]):
                     n -= len(views[0])
@@ -462,7 +469,7 @@ class Upload:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise RemoteError("full", "peer disk is full") from exc
             raise
-        _start_writeback(self._fd, start, self._written - start)
+        _start_writeback(fd, start, self._written - start)
 
     def finish(self) -> None:
         """Flush the file to stable storage."""
@@ -541,7 +548,7 @@ class _DirSyncer:
             raise error
 
 
-def _load_sync_file_range():
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """libc's sync_file_range, or None where it does not exist (non-Linux)."""
     try:
         fn = ctypes.CDLL(None, use_errno=True).sync_file_range
