@@ -18,7 +18,6 @@ handler reports to the remote as an "internal" refusal.
 from __future__ import annotations
 
 
-
 class TransportError(Exception):
     """Base class of every transport error."""
 

@@ -133,7 +133,9 @@ def _offline_for(item: Map, alive: bool) -> float | None:
     value = item["offline_for"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= OFFLINE_MAX:
         # The range check is false for NaN too, and compares huge ints before any float() overflows.
-        raise ProtocolError(f"malformed coordinator answer: 'offline_for' must be a number of seconds from 0 to {OFFLINE_MAX:g}")
+        raise ProtocolError(
+            f"malformed coordinator answer: 'offline_for' must be a number of seconds from 0 to {OFFLINE_MAX:g}"
+        )
     if alive and value != 0:
         raise ProtocolError("malformed coordinator answer: an alive peer cannot have been offline")
     return float(value)
@@ -335,7 +337,8 @@ class CoordinatorClient:
 
     async def mailbox_challenge(self, mailbox: bytes) -> bytes:
         """A fresh single-use nonce for proving ownership of `mailbox`."""
-        return _check(get_bytes, _dict(await self._call("mailbox_challenge", {"mailbox": mailbox})), "nonce", size=NONCE_SIZE)
+        answer = _dict(await self._call("mailbox_challenge", {"mailbox": mailbox}))
+        return _check(get_bytes, answer, "nonce", size=NONCE_SIZE)
 
     async def mailbox_fetch(self, mailbox: bytes, nonce: bytes, signature: bytes) -> list[MailItem]:
         """The blobs in `mailbox`, given a nonce and the owner's signature over it."""
@@ -343,7 +346,8 @@ class CoordinatorClient:
         items = []
         for item in _list(answer, 100_000):
             item = _dict(item)
-            items.append(MailItem(id=_check(get_int, item, "id"), blob=_check(get_bytes, item, "blob", max_size=1 << 20)))
+            blob = _check(get_bytes, item, "blob", max_size=1 << 20)
+            items.append(MailItem(id=_check(get_int, item, "id"), blob=blob))
         return items
 
     async def mailbox_delete(self, mailbox: bytes, nonce: bytes, signature: bytes, ids: Iterable[int]) -> int:

@@ -94,7 +94,9 @@ class StoragePeerClient:
         if not isinstance(res, dict):
             return False
         leaf_bytes, path = res.get("leaf"), res.get("path")
-        if not isinstance(leaf_bytes, bytes) or not isinstance(path, list) or not all(isinstance(p, bytes) for p in path):
+        if not isinstance(leaf_bytes, bytes) or not isinstance(path, list):
+            return False
+        if not all(isinstance(p, bytes) for p in path):
             return False
         return verify_proof(frag_id, length, leaf, leaf_bytes, path)
 

@@ -386,7 +386,9 @@ class FragmentStore:
             raise RemoteError("bad_signature", str(exc)) from exc
 
         def store(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT seq, LENGTH(payload), client FROM slots WHERE writer=?", (slot.writer,)).fetchone()
+            row = conn.execute(
+                "SELECT seq, LENGTH(payload), client FROM slots WHERE writer=?", (slot.writer,)
+            ).fetchone()
             if row is not None and slot.seq <= row[0]:
                 raise RemoteError("stale_seq", f"slot holds sequence {row[0]}; a write needs a higher one")
             old_size = row[1] if row is not None and bytes(row[2]) == client else 0

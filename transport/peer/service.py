@@ -187,7 +187,9 @@ class PeerConfig:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
 
 
-async def _coordinator_loop(cfg: PeerConfig, coordinator_address: str, peer: StoragePeer, key: bytes, address: str) -> None:
+async def _coordinator_loop(
+    cfg: PeerConfig, coordinator_address: str, peer: StoragePeer, key: bytes, address: str
+) -> None:
     """Register, then heartbeat forever; on any failure wait and start over.
 
     The interval the coordinator answers with wins over ours: a peer that
@@ -217,7 +219,9 @@ async def _coordinator_loop(cfg: PeerConfig, coordinator_address: str, peer: Sto
                 backoff = min(backoff * 2, max(cfg.heartbeat_interval, 1.0))
 
 
-async def run_storage_peer(cfg: PeerConfig, *, task_status: trio.TaskStatus[tuple[str, str]] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_storage_peer(
+    cfg: PeerConfig, *, task_status: trio.TaskStatus[tuple[str, str]] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Open the store, listen, register with the coordinator, serve until cancelled."""
     cfg.store_dir.mkdir(parents=True, exist_ok=True)
     private = load_or_create_key(cfg.store_dir / "peer.key")

@@ -22,7 +22,8 @@ def load_or_create_key(path: Path) -> PrivateKey:
         data = path.read_bytes()
         if len(data) != 32:
             raise KeyFileError(
-                f"{path} is not a pluto key file (expected 32 bytes, found {len(data)}); move it away to create a new one"
+                f"{path} is not a pluto key file (expected 32 bytes, found {len(data)});"
+                " move it away to create a new one"
             )
         return PrivateKey(data)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,7 @@ class CallContext:
                     except trio.EndOfChannel:
                         return
                 if scope.cancelled_caught:
-                    raise RemoteError("timeout", f"upload stalled for {STREAM_IDLE_TIMEOUT:g} s")
+                    raise RemoteError("timeout", f"upload stalled for {STREAM_IDLE_TIMEOUT:g} s") from None
             except trio.EndOfChannel:
                 return
             yield piece
@@ -425,7 +425,11 @@ class RpcConnection:
         return self._final(method, kind, value)
 
     async def call_download(
-        self, method: str, args: wire.Map, on_piece: Callable[[bytes | memoryview], Any], timeout: float = REQUEST_TIMEOUT
+        self,
+        method: str,
+        args: wire.Map,
+        on_piece: Callable[[bytes | memoryview], Any],
+        timeout: float = REQUEST_TIMEOUT,
     ) -> Any:
         """Send a request, hand each streamed piece to `on_piece`, return the final result.
 

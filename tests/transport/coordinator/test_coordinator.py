@@ -83,7 +83,8 @@ async def expect_refusal(code: str, coro: Awaitable[object]) -> RemoteError:
 
 
 def test_register_heartbeat_find_peers(tmp_path: Path) -> None:
-    """Peers register and heartbeat; find_peers offers only live peers with space, honours exclude, returns fewer when short."""
+    """Peers register and heartbeat; find_peers offers only live peers with space, honours exclude,
+    returns fewer when short."""
 
     async def body() -> None:
         async with coordinator(tmp_path, heartbeat_interval=0.2) as addr:
@@ -554,7 +555,7 @@ def test_offline_for_from_a_hostile_coordinator_is_refused_clearly(tmp_path: Pat
         key = PrivateKey.generate()
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(serve_rpc, liar, bytes(key), "127.0.0.1", 0)
-            addr = "127.0.0.1:%d" % listeners[0].socket.getsockname()[1]
+            addr = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
             async with party(addr) as user:
                 liar.rows = [_peer_row()]
                 [record] = await user.client.list_peers()
