@@ -1,7 +1,7 @@
 """How the coordinator judges a peer: uptime, audit reputation, and what follows from them.
 
 Pure functions of a peer's row and the time, no I/O, so the rules can be
-tested (and replaced by the trust work) without a database.
+tested without a database.
 """
 
 from __future__ import annotations
