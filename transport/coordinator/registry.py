@@ -17,19 +17,21 @@ import math
 import secrets
 import sqlite3
 import time
-from typing import Any
+from typing import Any, cast
 
 from transport.coordinator.limits import CoordinatorLimits
-from transport.coordinator.reputation import PeerView, add_audit, judge_peer
+from transport.coordinator.reputation import PeerRow, PeerView, add_audit, judge_peer
 from transport.errors import RemoteError
 from transport.sqlite_db import Database, row_dicts
 
 log = logging.getLogger(__name__)
 
-_PEER_COLUMNS = (
-    "id, address, capacity, free, used, heartbeat_interval, first_seen, last_seen, heartbeats,"
-    " suspended, audits_ok, audits_failed, ok_w, fail_w, rep_at"
-)
+_PEER_COLUMNS = ", ".join(PeerRow.__annotations__)  # the columns, in the order PeerRow lists them
+
+
+def _peer_rows(cursor: sqlite3.Cursor) -> list[PeerRow]:
+    """Rows selected with _PEER_COLUMNS, typed."""
+    return cast(list[PeerRow], row_dicts(cursor))
 
 # ---- the coordinator's own downtime ------------------------------------------
 
@@ -84,7 +86,7 @@ class PeerRegistry:
         self._rng = secrets.SystemRandom()
         self._audit_last: dict[tuple[bytes, bytes], float] = {}  # (reporter, peer) -> monotonic time
 
-    def _view(self, row: dict[str, Any], now: float) -> PeerView:
+    def _view(self, row: PeerRow, now: float) -> PeerView:
         return judge_peer(row, now, self.limits)
 
     # ---- what peers tell us ------------------------------------------------
@@ -212,11 +214,11 @@ class PeerRegistry:
         grace = self.limits.exchange_grace
         return {"offered": offered, "grace": grace, "allowed": offered + grace, "used": used}
 
-    async def _candidate_rows(self, min_free: int, now: float) -> list[dict[str, Any]]:
+    async def _candidate_rows(self, min_free: int, now: float) -> list[PeerRow]:
         alive_intervals = self.limits.alive_intervals
 
-        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            return row_dicts(
+        def read(conn: sqlite3.Connection) -> list[PeerRow]:
+            return _peer_rows(
                 conn.execute(
                     f"SELECT {_PEER_COLUMNS} FROM peers WHERE free >= ? AND suspended = 0"
                     " AND last_seen >= ? - ? * heartbeat_interval",
@@ -259,8 +261,8 @@ class PeerRegistry:
     async def lookup_peer(self, peer: bytes) -> dict[str, Any]:
         """{address, alive} of `peer`: where it is now (it re-registers after moving)."""
 
-        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            return row_dicts(conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers WHERE id = ?", (peer,)))
+        def read(conn: sqlite3.Connection) -> list[PeerRow]:
+            return _peer_rows(conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers WHERE id = ?", (peer,)))
 
         rows = await self.db.run(read)
         if not rows:
@@ -280,8 +282,8 @@ class PeerRegistry:
         """
         cap = self.limits.list_peers_max
 
-        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            return row_dicts(
+        def read(conn: sqlite3.Connection) -> list[PeerRow]:
+            return _peer_rows(
                 conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers ORDER BY last_seen DESC LIMIT ?", (cap,))
             )
 

@@ -7,7 +7,7 @@ tested without a database.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 from transport.coordinator.limits import CoordinatorLimits
 
@@ -50,11 +50,31 @@ def uptime_fraction(heartbeats: int, first_seen: float, interval: float, now: fl
     return min(1.0, heartbeats / expected)
 
 
+class PeerRow(TypedDict):
+    """One row of the registry's `peers` table, as the registry reads it."""
+
+    id: bytes
+    address: str
+    capacity: int
+    free: int
+    used: int
+    heartbeat_interval: float
+    first_seen: float
+    last_seen: float
+    heartbeats: int
+    suspended: int
+    audits_ok: int
+    audits_failed: int
+    ok_w: float
+    fail_w: float
+    rep_at: float
+
+
 @dataclass
 class PeerView:
     """A peer row with its derived, time-dependent values."""
 
-    row: dict[str, Any]
+    row: PeerRow
     alive: bool
     uptime: float
     reputation: float
@@ -64,7 +84,7 @@ class PeerView:
     member: bool  # counts for where mutable slots live: not disqualified, not silent past membership_grace
 
 
-def judge_peer(row: dict[str, Any], now: float, limits: CoordinatorLimits) -> PeerView:
+def judge_peer(row: PeerRow, now: float, limits: CoordinatorLimits) -> PeerView:
     """What a peer row (the registry's columns) means at time `now` under `limits`."""
     lim = limits
     interval = row["heartbeat_interval"]
