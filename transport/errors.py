@@ -1,8 +1,25 @@
-"""Errors raised by the transport layer. Each carries a one-line message."""
+"""Errors raised by the transport layer. Each carries a one-line message.
+
+Every exception class the transport layer defines derives from
+`TransportError`, so a caller that talks to peers or to the coordinator
+needs one `except TransportError` to survive any of them; the subclasses say
+what went wrong when the caller can do something about it (retry after a
+timeout, give up on a peer that refused with a code, move a damaged key
+file away).
+
+Hostile input (a frame, a message, an answer) surfaces as one of these,
+never as a KeyError/TypeError from a decoder. Two kinds of failure are not
+TransportErrors because no remote caused them: ValueError for a bad argument
+from our own caller (a malformed address or peer id, a misused
+constructor), and OSError from the local disk of a storage peer, which its
+handler reports to the remote as an "internal" refusal.
+"""
+
+from __future__ import annotations
 
 
 class TransportError(Exception):
-    """Base class: something went wrong talking to a remote party."""
+    """Base class of every transport error."""
 
 
 class ProtocolError(TransportError):
@@ -32,3 +49,7 @@ class RemoteError(TransportError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class KeyFileError(TransportError):
+    """A device's transport key file exists but is unusable."""

@@ -157,7 +157,7 @@ def test_oversized_message_closes_the_connection(peer: GridProcess) -> None:
 
 def test_forged_frame_closes_the_connection(peer: GridProcess) -> None:
     async def attack(address: str) -> None:
-        stream, channel = await _established(address)
+        stream, _channel = await _established(address)
         await stream.send_all(struct.pack(">H", 200) + os.urandom(200))  # fails its AEAD tag
         assert await _closed_by_peer(stream)
 

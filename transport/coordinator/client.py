@@ -12,15 +12,15 @@ throwaway key for exactly that reason.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import trio
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from transport.coordinator.service import (
+from transport.coordinator.messages import (
     ADDRESS_MAX,
     CARD_MAX,
     NONCE_SIZE,
@@ -34,6 +34,10 @@ from transport.protocol.dial import dial
 from transport.protocol.peer_id import KEY_SIZE
 from transport.protocol.pool import PeerPool
 from transport.protocol.rpc import RpcConnection
+from transport.protocol.wire import Map
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0  # the coordinator answers from one SQLite file; 10 s means it is in trouble
 OFFLINE_MAX = 100 * 365 * 86400.0  # no real peer has been silent for a century: a bigger figure is garbage
@@ -99,7 +103,7 @@ class MailItem:
     blob: bytes
 
 
-def _check(fn: Any, *a: Any, **kw: Any) -> Any:
+def _check(fn: Callable[P, T], *a: P.args, **kw: P.kwargs) -> T:
     """Run an args.py validator on an answer; a bad answer is the remote's protocol error."""
     try:
         return fn(*a, **kw)
@@ -107,14 +111,14 @@ def _check(fn: Any, *a: Any, **kw: Any) -> Any:
         raise ProtocolError(f"malformed coordinator answer: {exc.message}") from None
 
 
-def _fraction(item: dict, name: str) -> float:
+def _fraction(item: Map, name: str) -> float:
     value = item.get(name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ProtocolError(f"malformed coordinator answer: {name!r} must be a number from 0 to 1")
     return float(value)
 
 
-def _optional_bool(item: dict, name: str) -> bool | None:
+def _optional_bool(item: Map, name: str) -> bool | None:
     """An optional boolean field of an answer: None when absent."""
     value = item.get(name)
     if value is not None and not isinstance(value, bool):
@@ -122,26 +126,28 @@ def _optional_bool(item: dict, name: str) -> bool | None:
     return value
 
 
-def _offline_for(item: dict, alive: bool) -> float | None:
+def _offline_for(item: Map, alive: bool) -> float | None:
     """The optional `offline_for` of a peer row: finite seconds from 0 to OFFLINE_MAX, 0 if alive."""
     if "offline_for" not in item:
         return None  # an older coordinator: the caller falls back to "not alive means lost"
     value = item["offline_for"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= OFFLINE_MAX:
         # The range check is false for NaN too, and compares huge ints before any float() overflows.
-        raise ProtocolError(f"malformed coordinator answer: 'offline_for' must be a number of seconds from 0 to {OFFLINE_MAX:g}")
+        raise ProtocolError(
+            f"malformed coordinator answer: 'offline_for' must be a number of seconds from 0 to {OFFLINE_MAX:g}"
+        )
     if alive and value != 0:
         raise ProtocolError("malformed coordinator answer: an alive peer cannot have been offline")
     return float(value)
 
 
-def _dict(value: Any) -> dict:
+def _dict(value: Any) -> Map:
     if not isinstance(value, dict):
         raise ProtocolError("malformed coordinator answer: expected a map")
     return value
 
 
-def _list(value: Any, max_len: int) -> list:
+def _list(value: Any, max_len: int) -> list[Any]:
     if not isinstance(value, list) or len(value) > max_len:
         raise ProtocolError(f"malformed coordinator answer: expected a list of at most {max_len} items")
     return value
@@ -181,7 +187,7 @@ class CoordinatorClient:
         """Reach the coordinator at `address` through `pool`, pinned to `expected_key` if given."""
         return cls(pool=pool, address=address, expected_key=expected_key, timeout=timeout)
 
-    async def _call(self, method: str, args: dict) -> Any:
+    async def _call(self, method: str, args: Map) -> Any:
         if self._pool is not None:
             conn = await self._pool.get(self._address, self._expected)
         else:
@@ -331,7 +337,8 @@ class CoordinatorClient:
 
     async def mailbox_challenge(self, mailbox: bytes) -> bytes:
         """A fresh single-use nonce for proving ownership of `mailbox`."""
-        return _check(get_bytes, _dict(await self._call("mailbox_challenge", {"mailbox": mailbox})), "nonce", size=NONCE_SIZE)
+        answer = _dict(await self._call("mailbox_challenge", {"mailbox": mailbox}))
+        return _check(get_bytes, answer, "nonce", size=NONCE_SIZE)
 
     async def mailbox_fetch(self, mailbox: bytes, nonce: bytes, signature: bytes) -> list[MailItem]:
         """The blobs in `mailbox`, given a nonce and the owner's signature over it."""
@@ -339,7 +346,8 @@ class CoordinatorClient:
         items = []
         for item in _list(answer, 100_000):
             item = _dict(item)
-            items.append(MailItem(id=_check(get_int, item, "id"), blob=_check(get_bytes, item, "blob", max_size=1 << 20)))
+            blob = _check(get_bytes, item, "blob", max_size=1 << 20)
+            items.append(MailItem(id=_check(get_int, item, "id"), blob=blob))
         return items
 
     async def mailbox_delete(self, mailbox: bytes, nonce: bytes, signature: bytes, ids: Iterable[int]) -> int:
@@ -364,7 +372,7 @@ class CoordinatorClient:
         return await self.mailbox_delete(mailbox, nonce, signature, ids)
 
 
-def _interval(answer: dict) -> float:
+def _interval(answer: Map) -> float:
     value = answer.get("heartbeat_interval")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86400 * 365:
         raise ProtocolError("malformed coordinator answer: bad heartbeat_interval")

@@ -11,6 +11,7 @@ from cryptree.slot import SignedSlot, SlotError
 from transport.errors import ProtocolError, RemoteError
 from transport.protocol.limits import FRAGMENT_MAX, REQUEST_TIMEOUT, STREAM_CHUNK
 from transport.protocol.rpc import RpcConnection
+from transport.protocol.wire import Map
 
 _VERIFY_INLINE_MAX = 256 * 1024  # larger fragments are verified in a worker thread
 
@@ -19,6 +20,18 @@ def _pieces(data: bytes | memoryview) -> Iterator[memoryview]:
     view = memoryview(data)
     for off in range(0, len(view), STREAM_CHUNK):
         yield view[off : off + STREAM_CHUNK]
+
+
+def _map(answer: object) -> Map:
+    if not isinstance(answer, dict):
+        raise ProtocolError("malformed peer answer: expected a map")
+    return answer
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"malformed peer answer: {name} must be text")
+    return value
 
 
 class StoragePeerClient:
@@ -30,11 +43,11 @@ class StoragePeerClient:
 
     async def ping(self) -> str:
         """The peer's id, as it reports it."""
-        return (await self.conn.call("ping", {}, self.timeout))["peer_id"]
+        return _text(_map(await self.conn.call("ping", {}, self.timeout)).get("peer_id"), "peer_id")
 
-    async def usage(self) -> dict:
+    async def usage(self) -> Map:
         """Capacity, use and this client's quota on the peer."""
-        return await self.conn.call("usage", {}, self.timeout)
+        return _map(await self.conn.call("usage", {}, self.timeout))
 
     async def put_fragment(self, frag_id: bytes, data: bytes | memoryview) -> bool:
         """Store a fragment whose id is its Merkle root; True if it was new on the peer."""
@@ -81,7 +94,9 @@ class StoragePeerClient:
         if not isinstance(res, dict):
             return False
         leaf_bytes, path = res.get("leaf"), res.get("path")
-        if not isinstance(leaf_bytes, bytes) or not isinstance(path, list) or not all(isinstance(p, bytes) for p in path):
+        if not isinstance(leaf_bytes, bytes) or not isinstance(path, list):
+            return False
+        if not all(isinstance(p, bytes) for p in path):
             return False
         return verify_proof(frag_id, length, leaf, leaf_bytes, path)
 

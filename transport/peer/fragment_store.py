@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import io
 import logging
 import os
 import shutil
@@ -126,7 +127,8 @@ class FragmentStore:
         lost (its commit was not yet on disk) is re-indexed, unclaimed; a row
         whose file is gone is dropped.
         """
-        known = {bytes(r[0]): r[1] for r in self.db.conn.execute("SELECT id, size FROM fragments")}
+        with self.db.reading() as conn:
+            known = {bytes(r[0]): r[1] for r in conn.execute("SELECT id, size FROM fragments")}
         on_disk: dict[bytes, int] = {}
         for sub in (self.root / "fragments").iterdir():
             if not sub.is_dir():
@@ -182,12 +184,12 @@ class FragmentStore:
 
     def _load_totals(self) -> None:
         """Sum the index once (at start, or after a failed commit left the counters unsure)."""
-        with self.db._lock:
-            total = self.db.conn.execute(
+        with self.db.reading() as conn:
+            total = conn.execute(
                 "SELECT (SELECT COALESCE(SUM(size),0) FROM fragments)"
                 " + (SELECT COALESCE(SUM(LENGTH(payload)),0) FROM slots)"
             ).fetchone()[0]
-            rows = self.db.conn.execute(
+            rows = conn.execute(
                 "SELECT client, SUM(n) FROM (SELECT client, size AS n FROM claims"
                 " UNION ALL SELECT client, LENGTH(payload) AS n FROM slots) GROUP BY client"
             ).fetchall()
@@ -233,8 +235,8 @@ class FragmentStore:
 
     def client_usage(self, limit: int = 10_000) -> list[tuple[bytes, int]]:
         """Raw bytes held per client (fragments claimed + slots), largest first."""
-        with self.db._lock:
-            rows = self.db.conn.execute(
+        with self.db.reading() as conn:
+            rows = conn.execute(
                 "SELECT client, SUM(n) FROM (SELECT client, size AS n FROM claims"
                 " UNION ALL SELECT client, LENGTH(payload) AS n FROM slots) GROUP BY client ORDER BY 2 DESC LIMIT ?",
                 (limit,),
@@ -243,8 +245,8 @@ class FragmentStore:
 
     def fragment_count(self) -> int:
         """Number of distinct fragments held."""
-        with self.db._lock:
-            return self.db.conn.execute("SELECT COUNT(*) FROM fragments").fetchone()[0]
+        with self.db.reading() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM fragments").fetchone()[0])
 
     def _disk_free(self) -> int:
         st = os.statvfs(self.root)
@@ -272,8 +274,8 @@ class FragmentStore:
 
     def has_fragment(self, frag_id: bytes) -> int | None:
         """Size of fragment `frag_id` if held."""
-        with self.db._lock:
-            row = self.db.conn.execute("SELECT size FROM fragments WHERE id=?", (frag_id,)).fetchone()
+        with self.db.reading() as conn:
+            row = conn.execute("SELECT size FROM fragments WHERE id=?", (frag_id,)).fetchone()
         return None if row is None else row[0]
 
     def open_upload(self) -> Upload:
@@ -329,7 +331,7 @@ class FragmentStore:
         finally:
             upload.discard()
 
-    def read_fragment_pieces(self, frag_id: bytes, piece: int):
+    def read_fragment_pieces(self, frag_id: bytes, piece: int) -> tuple[io.FileIO, int]:
         """Open fragment `frag_id` for streaming; returns (file, size) or raises not_found."""
         size = self.has_fragment(frag_id)
         if size is None:
@@ -384,7 +386,9 @@ class FragmentStore:
             raise RemoteError("bad_signature", str(exc)) from exc
 
         def store(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT seq, LENGTH(payload), client FROM slots WHERE writer=?", (slot.writer,)).fetchone()
+            row = conn.execute(
+                "SELECT seq, LENGTH(payload), client FROM slots WHERE writer=?", (slot.writer,)
+            ).fetchone()
             if row is not None and slot.seq <= row[0]:
                 raise RemoteError("stale_seq", f"slot holds sequence {row[0]}; a write needs a higher one")
             old_size = row[1] if row is not None and bytes(row[2]) == client else 0
@@ -408,8 +412,8 @@ class FragmentStore:
 
     def get_slot(self, writer: bytes) -> SignedSlot | None:
         """The latest stored version of the slot at `writer`, if any."""
-        with self.db._lock:
-            row = self.db.conn.execute("SELECT seq, payload, signature FROM slots WHERE writer=?", (writer,)).fetchone()
+        with self.db.reading() as conn:
+            row = conn.execute("SELECT seq, payload, signature FROM slots WHERE writer=?", (writer,)).fetchone()
         if row is None:
             return None
         return SignedSlot(writer, row[0], bytes(row[1]), bytes(row[2]))
@@ -433,6 +437,11 @@ class Upload:
         self._written = 0
         self.moved = False  # renamed into fragments/: nothing left in tmp/ to remove
 
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError("the upload file is already closed")
+        return self._fd
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes (blocking); a full disk becomes a clear refusal."""
         self.write_pieces([data])
@@ -444,13 +453,14 @@ class Upload:
         buffer first; then the kernel is asked to start writing them back, so
         the fsync at the end waits for the last batch only, not the whole file.
         """
+        fd = self._open_fd()
         for piece in pieces:
-            self.builder.update(piece)
+            self.builder.update(memoryview(piece))
         views = [memoryview(p).cast("B") for p in pieces if len(p)]
         start = self._written
         try:
             while views:
-                n = os.writev(self._fd, views[:_IOV_MAX])
+                n = os.writev(fd, views[:_IOV_MAX])
                 self._written += n
                 while views and n >= len(views[0]):
                     n -= len(views[0])
@@ -461,7 +471,7 @@ class Upload:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise RemoteError("full", "peer disk is full") from exc
             raise
-        _start_writeback(self._fd, start, self._written - start)
+        _start_writeback(fd, start, self._written - start)
 
     def finish(self) -> None:
         """Flush the file to stable storage."""
@@ -540,7 +550,7 @@ class _DirSyncer:
             raise error
 
 
-def _load_sync_file_range():
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """libc's sync_file_range, or None where it does not exist (non-Linux)."""
     try:
         fn = ctypes.CDLL(None, use_errno=True).sync_file_range

@@ -26,6 +26,7 @@ from transport.protocol.peer_id import peer_id_text
 from transport.protocol.pool import open_pool
 from transport.protocol.rpc import CallContext
 from transport.protocol.server import RpcService, serve_rpc
+from transport.protocol.wire import Map
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,11 @@ class StoragePeer(RpcService):
             )
         self._allowances[client] = (expires, allowed, used + size)
 
-    async def rpc_ping(self, ctx: CallContext, args: dict) -> dict:
+    async def rpc_ping(self, ctx: CallContext, args: Map) -> Map:
         """Liveness check; returns this peer's id."""
         return {"peer_id": self.peer_id}
 
-    async def rpc_usage(self, ctx: CallContext, args: dict) -> dict:
+    async def rpc_usage(self, ctx: CallContext, args: Map) -> Map:
         """Capacity, use, and the caller's own quota and use."""
         use = await trio.to_thread.run_sync(self.store.usage, ctx.remote_key)
         return {
@@ -87,7 +88,7 @@ class StoragePeer(RpcService):
             "client_quota": use.client_quota,
         }
 
-    async def rpc_put_fragment(self, ctx: CallContext, args: dict) -> dict:
+    async def rpc_put_fragment(self, ctx: CallContext, args: Map) -> Map:
         """Receive a fragment streamed after the request; keep it only if it matches its id."""
         frag_id = get_bytes(args, "id", size=32)
         size = get_int(args, "size", high=FRAGMENT_MAX)
@@ -118,7 +119,7 @@ class StoragePeer(RpcService):
             self.store.release(size)
         return {"stored": True, "new": new}
 
-    async def rpc_get_fragment(self, ctx: CallContext, args: dict) -> dict:
+    async def rpc_get_fragment(self, ctx: CallContext, args: Map) -> Map:
         """Stream a fragment back in bounded pieces."""
         frag_id = get_bytes(args, "id", size=32)
         f, size = await trio.to_thread.run_sync(self.store.read_fragment_pieces, frag_id, STREAM_CHUNK)
@@ -131,26 +132,26 @@ class StoragePeer(RpcService):
             f.close()
         return {"size": size}
 
-    async def rpc_has_fragment(self, ctx: CallContext, args: dict) -> dict:
+    async def rpc_has_fragment(self, ctx: CallContext, args: Map) -> Map:
         """Whether a fragment is held, and its size."""
         frag_id = get_bytes(args, "id", size=32)
         size = await trio.to_thread.run_sync(self.store.has_fragment, frag_id)
         return {"present": size is not None, "size": size or 0}
 
-    async def rpc_delete_fragment(self, ctx: CallContext, args: dict) -> dict:
+    async def rpc_delete_fragment(self, ctx: CallContext, args: Map) -> Map:
         """Drop the caller's claim on a fragment; space comes back when nobody claims it."""
         frag_id = get_bytes(args, "id", size=32)
         dropped = await trio.to_thread.run_sync(self.store.delete_claim, frag_id, ctx.remote_key)
         return {"deleted": dropped}
 
-    async def rpc_challenge(self, ctx: CallContext, args: dict) -> dict:
+    async def rpc_challenge(self, ctx: CallContext, args: Map) -> Map:
         """Storage challenge: leaf `index` of a fragment plus its Merkle path."""
         frag_id = get_bytes(args, "id", size=32)
         index = get_int(args, "leaf", high=FRAGMENT_MAX)
         leaf, path, size = await trio.to_thread.run_sync(self.store.challenge, frag_id, index)
         return {"leaf": leaf, "path": path, "size": size}
 
-    async def rpc_put_slot(self, ctx: CallContext, args: dict) -> dict:
+    async def rpc_put_slot(self, ctx: CallContext, args: Map) -> Map:
         """Store a signed slot version that is newer than the one held."""
         slot = SignedSlot(
             get_bytes(args, "writer", size=32),
@@ -161,7 +162,7 @@ class StoragePeer(RpcService):
         await trio.to_thread.run_sync(self.store.put_slot, slot, ctx.remote_key)
         return {"stored": True}
 
-    async def rpc_get_slot(self, ctx: CallContext, args: dict) -> dict:
+    async def rpc_get_slot(self, ctx: CallContext, args: Map) -> Map:
         """The latest version of a slot."""
         writer = get_bytes(args, "writer", size=32)
         slot = await trio.to_thread.run_sync(self.store.get_slot, writer)
@@ -186,7 +187,9 @@ class PeerConfig:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
 
 
-async def _coordinator_loop(cfg: PeerConfig, peer: StoragePeer, key: bytes, address: str) -> None:
+async def _coordinator_loop(
+    cfg: PeerConfig, coordinator_address: str, peer: StoragePeer, key: bytes, address: str
+) -> None:
     """Register, then heartbeat forever; on any failure wait and start over.
 
     The interval the coordinator answers with wins over ours: a peer that
@@ -194,14 +197,14 @@ async def _coordinator_loop(cfg: PeerConfig, peer: StoragePeer, key: bytes, addr
     """
     backoff = 1.0
     async with open_pool(key) as pool:
-        coordinator = CoordinatorClient.from_pool(pool, cfg.coordinator)
+        coordinator = CoordinatorClient.from_pool(pool, coordinator_address)
         while True:
             try:
                 use = peer.store.usage(b"")
                 interval = await coordinator.register(
                     address, cfg.capacity, use.free, cfg.heartbeat_interval, owner=cfg.owner
                 )
-                log.info("registered with coordinator %s as %s", cfg.coordinator, address)
+                log.info("registered with coordinator %s as %s", coordinator_address, address)
                 peer.coordinator = coordinator
                 backoff = 1.0
                 while True:
@@ -210,19 +213,20 @@ async def _coordinator_loop(cfg: PeerConfig, peer: StoragePeer, key: bytes, addr
                     clients = await trio.to_thread.run_sync(peer.store.client_usage)
                     interval = await coordinator.heartbeat(use.free, use.used, clients)
             except TransportError as exc:
-                log.warning("coordinator %s: %s; retrying in %.0f s", cfg.coordinator, exc, backoff)
-                await pool.forget(cfg.coordinator)
+                log.warning("coordinator %s: %s; retrying in %.0f s", coordinator_address, exc, backoff)
+                await pool.forget(coordinator_address)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, max(cfg.heartbeat_interval, 1.0))
 
 
-async def run_storage_peer(cfg: PeerConfig, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+async def run_storage_peer(
+    cfg: PeerConfig, *, task_status: trio.TaskStatus[tuple[str, str]] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Open the store, listen, register with the coordinator, serve until cancelled."""
     cfg.store_dir.mkdir(parents=True, exist_ok=True)
-    key = bytes(load_or_create_key(cfg.store_dir / "peer.key"))
-    from nacl.public import PrivateKey
-
-    peer_id = peer_id_text(bytes(PrivateKey(key).public_key))
+    private = load_or_create_key(cfg.store_dir / "peer.key")
+    key = bytes(private)
+    peer_id = peer_id_text(bytes(private.public_key))
     store = FragmentStore(cfg.store_dir, cfg.capacity, cfg.client_quota)
     peer = StoragePeer(store, peer_id)
     try:
@@ -233,7 +237,7 @@ async def run_storage_peer(cfg: PeerConfig, *, task_status: trio.TaskStatus = tr
             port = listeners[0].socket.getsockname()[1]
             address = cfg.advertise or f"{cfg.host}:{port}"
             if cfg.coordinator:
-                nursery.start_soon(_coordinator_loop, cfg, peer, key, address)
+                nursery.start_soon(_coordinator_loop, cfg, cfg.coordinator, peer, key, address)
             task_status.started((peer_id, address))
     finally:
         store.close()

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from transport.errors import RemoteError
+from transport.protocol.wire import Map
 
 
 def _bad(msg: str) -> RemoteError:
     return RemoteError("bad_request", msg)
 
 
-def get_bytes(args: dict, name: str, *, size: int | None = None, max_size: int | None = None) -> bytes:
+def get_bytes(args: Map, name: str, *, size: int | None = None, max_size: int | None = None) -> bytes:
     """A byte-string argument, optionally of an exact or bounded size."""
     value = args.get(name)
     if not isinstance(value, bytes):
@@ -27,7 +28,7 @@ def get_bytes(args: dict, name: str, *, size: int | None = None, max_size: int |
     return value
 
 
-def get_int(args: dict, name: str, *, low: int = 0, high: int = 2**63 - 1, default: int | None = None) -> int:
+def get_int(args: Map, name: str, *, low: int = 0, high: int = 2**63 - 1, default: int | None = None) -> int:
     """An integer argument within [low, high]."""
     value: Any = args.get(name, default)
     if type(value) is not int or not low <= value <= high:
@@ -35,7 +36,7 @@ def get_int(args: dict, name: str, *, low: int = 0, high: int = 2**63 - 1, defau
     return value
 
 
-def get_str(args: dict, name: str, *, max_len: int = 256, default: str | None = None) -> str:
+def get_str(args: Map, name: str, *, max_len: int = 256, default: str | None = None) -> str:
     """A text argument of bounded length."""
     value = args.get(name, default)
     if not isinstance(value, str) or len(value) > max_len:
@@ -43,7 +44,7 @@ def get_str(args: dict, name: str, *, max_len: int = 256, default: str | None = 
     return value
 
 
-def get_bool(args: dict, name: str, *, default: bool | None = None) -> bool:
+def get_bool(args: Map, name: str, *, default: bool | None = None) -> bool:
     """A boolean argument."""
     value = args.get(name, default)
     if not isinstance(value, bool):
@@ -51,7 +52,7 @@ def get_bool(args: dict, name: str, *, default: bool | None = None) -> bool:
     return value
 
 
-def get_list(args: dict, name: str, *, max_len: int, default: list | None = None) -> list:
+def get_list(args: Map, name: str, *, max_len: int, default: list[Any] | None = None) -> list[Any]:
     """A list argument of bounded length (items are checked by the caller)."""
     value = args.get(name, default)
     if not isinstance(value, list) or len(value) > max_len:

@@ -41,7 +41,9 @@ async def dial(
     except OSError as exc:
         raise ConnectionClosed(f"{address}: {exc.strerror or exc}") from exc
     try:
-        channel = await handshake(stream, static_private, initiator=True, expected_remote=expected_remote, timeout=timeout)
+        channel = await handshake(
+            stream, static_private, initiator=True, expected_remote=expected_remote, timeout=timeout
+        )
     except HandshakeError:
         await stream.aclose()
         raise

@@ -12,9 +12,7 @@ from pathlib import Path
 
 from nacl.public import PrivateKey
 
-
-class KeyFileError(Exception):
-    """The key file exists but is unusable."""
+from transport.errors import KeyFileError
 
 
 def load_or_create_key(path: Path) -> PrivateKey:
@@ -23,7 +21,10 @@ def load_or_create_key(path: Path) -> PrivateKey:
     if path.exists():
         data = path.read_bytes()
         if len(data) != 32:
-            raise KeyFileError(f"{path} is not a pluto key file (expected 32 bytes, found {len(data)}); move it away to create a new one")
+            raise KeyFileError(
+                f"{path} is not a pluto key file (expected 32 bytes, found {len(data)});"
+                " move it away to create a new one"
+            )
         return PrivateKey(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = PrivateKey.generate()

@@ -40,6 +40,11 @@ class NoiseChannel:
         self._send_lock = trio.Lock()
         self._broken = False  # True if a send stopped half-way: the stream is out of sync
 
+    @property
+    def broken(self) -> bool:
+        """True once a send stopped half-way: the stream is out of sync and must be closed, not reused."""
+        return self._broken
+
     async def send_message(self, payload: bytes | bytearray | memoryview) -> None:
         """Send one application message; messages from concurrent tasks never interleave.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +89,7 @@ def _decode_piece(raw: bytearray) -> wire.Message | None:
     head = _read_head(raw, pos, 2)
     if head is None or head[1] + head[0] != len(raw):
         return None
-    return wire.Message(raw[1], call_id, data=memoryview(raw)[head[1] :])  # type: ignore[arg-type]
+    return wire.Message(raw[1], call_id, data=memoryview(raw)[head[1] :])
 
 
 @dataclass
@@ -100,7 +100,7 @@ class CallContext:
     remote_address: str
     _conn: RpcConnection
     _id: int
-    _upload: trio.MemoryReceiveChannel | None = None
+    _upload: trio.MemoryReceiveChannel[memoryview | bytes] | None = None
 
     @property
     def remote_id(self) -> str:
@@ -122,7 +122,7 @@ class CallContext:
                     except trio.EndOfChannel:
                         return
                 if scope.cancelled_caught:
-                    raise RemoteError("timeout", f"upload stalled for {STREAM_IDLE_TIMEOUT:g} s")
+                    raise RemoteError("timeout", f"upload stalled for {STREAM_IDLE_TIMEOUT:g} s") from None
             except trio.EndOfChannel:
                 return
             yield piece
@@ -132,13 +132,14 @@ class CallContext:
         await self._conn._send_parts((_piece_header(wire.DOWN_DATA, self._id, len(piece)), piece))
 
 
-Handler = Callable[[CallContext, str, dict], Awaitable[Any]]
+Handler = Callable[[CallContext, str, wire.Map], Awaitable[Any]]
+_Item = tuple[str, Any]  # ("data", piece) | ("result", value) | ("error", RemoteError), to a waiting caller
 
 
 @dataclass
 class _Pending:
-    send: trio.MemorySendChannel
-    receive: trio.MemoryReceiveChannel
+    send: trio.MemorySendChannel[_Item]
+    receive: trio.MemoryReceiveChannel[_Item]
 
 
 @dataclass
@@ -155,9 +156,9 @@ class RpcConnection:
     handler: Handler | None = None
     upload_methods: frozenset[str] = frozenset()
     idle_timeout: float = math.inf
-    _ids: Iterable[int] = field(default_factory=lambda: itertools.count(1))
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _pending: dict[int, _Pending] = field(default_factory=dict)
-    _serving: dict[int, trio.MemorySendChannel | None] = field(default_factory=dict)
+    _serving: dict[int, trio.MemorySendChannel[memoryview | bytes] | None] = field(default_factory=dict)
     _closed: bool = False
     _close_reason: str = ""
     _call_slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(CONCURRENT_REQUESTS_MAX))
@@ -187,7 +188,7 @@ class RpcConnection:
         try:
             await self.channel.send_parts(parts)
         finally:
-            if self.channel._broken:
+            if self.channel.broken:
                 self._closed = True
                 self._close_reason = "a send was interrupted half-way"
                 await self.channel.aclose()
@@ -249,17 +250,18 @@ class RpcConnection:
     def _start_request(self, nursery: trio.Nursery, msg: wire.Message) -> None:
         if msg.id in self._serving:
             raise ProtocolError(f"request id {msg.id} reused while in flight")
-        if self.handler is None:
+        handler = self.handler
+        if handler is None:
             raise ProtocolError("this endpoint does not take requests")
         if len(self._serving) >= CONCURRENT_REQUESTS_MAX:
             nursery.start_soon(self._send_quietly, wire.error(msg.id, "busy", "too many requests in flight; retry"))
             return
         upload_send = upload_recv = None
         if msg.method in self.upload_methods:
-            upload_send, upload_recv = trio.open_memory_channel(_STREAM_BUFFER)
+            upload_send, upload_recv = trio.open_memory_channel[bytes | memoryview](_STREAM_BUFFER)
         self._serving[msg.id] = upload_send
         ctx = CallContext(self.remote_key, self.remote_address, self, msg.id, upload_recv)
-        nursery.start_soon(self._run_handler, ctx, msg)
+        nursery.start_soon(self._run_handler, handler, ctx, msg)
 
     async def _send_quietly(self, payload: bytes) -> None:
         try:
@@ -267,10 +269,10 @@ class RpcConnection:
         except TransportError:
             pass
 
-    async def _run_handler(self, ctx: CallContext, msg: wire.Message) -> None:
+    async def _run_handler(self, handler: Handler, ctx: CallContext, msg: wire.Message) -> None:
         try:
             try:
-                value = await self.handler(ctx, msg.method, msg.args)
+                value = await handler(ctx, msg.method, msg.args)
                 reply = wire.result(msg.id, value)
             except RemoteError as exc:
                 reply = wire.error(msg.id, exc.code, exc.message)
@@ -343,7 +345,7 @@ class RpcConnection:
         if self._closed:
             raise ConnectionClosed(self._close_reason or "connection closed")
         call_id = next(self._ids)
-        send, receive = trio.open_memory_channel(buffer)
+        send, receive = trio.open_memory_channel[_Item](buffer)
         pending = _Pending(send, receive)
         self._pending[call_id] = pending
         return call_id, pending
@@ -366,7 +368,7 @@ class RpcConnection:
         except trio.WouldBlock:
             await self._call_slots.acquire()
 
-    async def call(self, method: str, args: dict | None = None, timeout: float = REQUEST_TIMEOUT) -> Any:
+    async def call(self, method: str, args: wire.Map | None = None, timeout: float = REQUEST_TIMEOUT) -> Any:
         """Send a request and wait for its result; RemoteError if the remote refused it.
 
         `timeout` bounds the whole call: waiting for a free slot, sending, and the answer.
@@ -387,7 +389,7 @@ class RpcConnection:
         return self._final(method, kind, value)
 
     async def call_upload(
-        self, method: str, args: dict, pieces: Iterable[bytes | memoryview], timeout: float = REQUEST_TIMEOUT
+        self, method: str, args: wire.Map, pieces: Iterable[bytes | memoryview], timeout: float = REQUEST_TIMEOUT
     ) -> Any:
         """Send a request followed by a stream of pieces; wait for the result.
 
@@ -423,7 +425,11 @@ class RpcConnection:
         return self._final(method, kind, value)
 
     async def call_download(
-        self, method: str, args: dict, on_piece: Callable[[bytes | memoryview], Any], timeout: float = REQUEST_TIMEOUT
+        self,
+        method: str,
+        args: wire.Map,
+        on_piece: Callable[[bytes | memoryview], Any],
+        timeout: float = REQUEST_TIMEOUT,
     ) -> Any:
         """Send a request, hand each streamed piece to `on_piece`, return the final result.
 

@@ -17,6 +17,7 @@ from transport.errors import HandshakeError
 from transport.protocol.limits import CONNECTIONS_MAX, HANDSHAKE_TIMEOUT
 from transport.protocol.noise_channel import handshake
 from transport.protocol.rpc import CallContext, RpcConnection, server_connection
+from transport.protocol.wire import Map
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,11 @@ class RpcService:
 
     UPLOAD_METHODS: frozenset[str] = frozenset()
 
-    async def dispatch(self, ctx: CallContext, method: str, args: dict) -> Any:
+    async def dispatch(self, ctx: CallContext, method: str, args: Map) -> Any:
         """Route a request to `rpc_<method>`; unknown methods are refused."""
         from transport.errors import RemoteError
 
-        fn: Callable[[CallContext, dict], Awaitable[Any]] | None = getattr(self, f"rpc_{method}", None)
+        fn: Callable[[CallContext, Map], Awaitable[Any]] | None = getattr(self, f"rpc_{method}", None)
         if fn is None:
             raise RemoteError("unknown_method", f"no method {method!r}")
         return await fn(ctx, args)

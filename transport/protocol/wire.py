@@ -37,6 +37,8 @@ MAX_ID = 2**63 - 1
 MAX_NAME = 64
 MAX_ERROR_TEXT = 1024
 
+Map = dict[str, Any]  # a CBOR map with text keys: a request's arguments, and most answers
+
 
 @dataclass(frozen=True)
 class Message:
@@ -46,7 +48,7 @@ class Message:
     id: int
     method: str = ""
     args: Any = None  # request args / result value
-    data: bytes = b""  # stream piece, or error code/message packed below
+    data: bytes | memoryview = b""  # stream piece (a view into the received frame on the fast path)
     code: str = ""
     text: str = ""
 
@@ -85,12 +87,12 @@ def _check_plain(value: Any, depth: int = 0, seen: set[int] | None = None) -> No
     raise ProtocolError(f"value of type {type(value).__name__} is not allowed")
 
 
-def encode(obj: list) -> bytes:
+def encode(obj: list[Any]) -> bytes:
     """Encode one message (already shaped as above)."""
     return cbor2.dumps(obj)
 
 
-def request(id: int, method: str, args: dict) -> bytes:
+def request(id: int, method: str, args: Map) -> bytes:
     """Encode a request."""
     return cbor2.dumps([REQUEST, id, method, args])
 

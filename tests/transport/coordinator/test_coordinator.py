@@ -14,17 +14,11 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from transport.coordinator.client import CoordinatorClient, deposit_anonymously
-from transport.coordinator.service import (
-    DB_NAME,
-    CoordinatorLimits,
-    add_audit,
-    decay_audit_weights,
-    mailbox_message,
-    reputation_score,
-    run_coordinator,
-    uptime_fraction,
-    username_claim_message,
-)
+from transport.coordinator.limits import CoordinatorLimits
+from transport.coordinator.messages import mailbox_message, username_claim_message
+from transport.coordinator.reputation import add_audit, decay_audit_weights, reputation_score, uptime_fraction
+from transport.coordinator.schema import DB_NAME
+from transport.coordinator.service import run_coordinator
 from transport.errors import HandshakeError, ProtocolError, RemoteError
 from transport.protocol.peer_id import parse_peer_id
 from transport.protocol.pool import PeerPool, open_pool
@@ -89,7 +83,8 @@ async def expect_refusal(code: str, coro: Awaitable[object]) -> RemoteError:
 
 
 def test_register_heartbeat_find_peers(tmp_path: Path) -> None:
-    """Peers register and heartbeat; find_peers offers only live peers with space, honours exclude, returns fewer when short."""
+    """Peers register and heartbeat; find_peers offers only live peers with space, honours exclude,
+    returns fewer when short."""
 
     async def body() -> None:
         async with coordinator(tmp_path, heartbeat_interval=0.2) as addr:
@@ -560,7 +555,7 @@ def test_offline_for_from_a_hostile_coordinator_is_refused_clearly(tmp_path: Pat
         key = PrivateKey.generate()
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(serve_rpc, liar, bytes(key), "127.0.0.1", 0)
-            addr = "127.0.0.1:%d" % listeners[0].socket.getsockname()[1]
+            addr = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
             async with party(addr) as user:
                 liar.rows = [_peer_row()]
                 [record] = await user.client.list_peers()

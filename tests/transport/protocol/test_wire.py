@@ -54,7 +54,9 @@ def test_mutated_valid_message_decodes_or_refuses(tail: bytes, data: st.DataObje
     _decode_or_refuse(bytes(good[:pos]))
 
 
-@given(st.integers(0, 2**63 - 1), st.text(min_size=1, max_size=64), st.dictionaries(st.text(max_size=8), plain, max_size=4))
+@given(
+    st.integers(0, 2**63 - 1), st.text(min_size=1, max_size=64), st.dictionaries(st.text(max_size=8), plain, max_size=4)
+)
 @settings(max_examples=200, deadline=None)
 def test_valid_requests_round_trip(id_: int, method: str, args: dict) -> None:
     msg = wire.decode(wire.request(id_, method, args))
