@@ -19,3 +19,14 @@ def grid(tmp_path: Path) -> Iterator[LocalGrid]:
         yield g
     finally:
         g.stop()
+
+
+@pytest.fixture
+def grid6(tmp_path: Path) -> Iterator[LocalGrid]:
+    """Six peers (one more than n, so repair has somewhere to go); fast heartbeats and audit reports."""
+    g = LocalGrid(tmp_path / "grid", peers=6, capacity="1G", heartbeat=0.3, audit_report_interval=0.01)
+    try:
+        g.start()
+        yield g
+    finally:
+        g.stop()

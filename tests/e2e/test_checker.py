@@ -25,6 +25,7 @@ def test_a_seeded_fault_run_loses_nothing_that_was_acknowledged(tmp_path: Path) 
     assert s["acked_ops"] >= 100, result.text
     injected = {k for k in ("kill-peer", "freeze-peer", "wipe-peer", "kill-mount", "lose-mount") if s["faults"].get(k)}
     assert s["faults_injected"] >= 6 and len(injected) >= 4, result.text
-    assert s.get("paths_checked", 0) >= 60 and s.get("folders", 0) >= 4 and s.get("folders_written", 0) >= 4, result.text
+    assert s.get("paths_checked", 0) >= 60 and s.get("folders", 0) >= 4, result.text
+    assert s.get("folders_written", 0) >= 4, result.text
     violations = [f.headline() for f in result.findings if f.violation]
     assert violations == [], f"seed {SEED}: {len(violations)} violations; report in {result.directory}\n{result.text}"

@@ -106,7 +106,8 @@ def test_stores_hold_no_plaintext_and_no_client_metadata(grid: LocalGrid) -> Non
         db = Path(root) / "index.sqlite"
         if db.exists():
             conn = sqlite3.connect(db)
-            cols = {row[1] for table in ("fragments", "claims", "slots") for row in conn.execute(f"PRAGMA table_info({table})")}
+            cols = {row[1] for table in ("fragments", "claims", "slots")
+                    for row in conn.execute(f"PRAGMA table_info({table})")}
             conn.close()
             # only ids, sizes, client keys and slot contents: no names, paths, addresses or times
             assert cols == {"id", "size", "client", "writer", "seq", "payload", "signature"}

@@ -6,6 +6,7 @@ and a home in use is locked. Real processes throughout (grid, `pluto mount`, the
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import shutil
@@ -158,7 +159,7 @@ def test_the_mount_survives_losing_3_of_5_peers_while_writing_and_uploads_once_t
     log = mounted.log_path.read_text()
     assert "Traceback" not in log, log[-3000:]
     retried = [line.split("): ", 1)[1] for line in log.splitlines() if "write-back will retry" in line]
-    assert retried and all(a != b for a, b in zip(retried, retried[1:])), f"logged every round: {retried}"
+    assert retried and all(a != b for a, b in itertools.pairwise(retried)), f"logged every round: {retried}"
 
     for i in range(3):
         mounted.grid.restart_peer(i)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
-from test_trust import _fragments_on, _home, _peer_store, _store, _wait_for, grid6  # noqa: F401 (grid6 is a fixture)
+from test_trust import _fragments_on, _home, _peer_store, _wait_for
 
 from cryptree.caps import ReadCap
 from cryptree.merkle import merkle_root
@@ -181,7 +181,8 @@ def test_a_missing_column_is_rebuilt_whatever_the_grace_and_the_threshold() -> N
     # 3-of-5 with the background threshold k + 2 = 5, and 8-of-16 repairing below 12
     assert repair_plan(_health(3, 5, "hhhhm"), 5) == [4]
     assert repair_plan(_health(3, 5, "hhhom"), 5) == [3, 4]  # 3 reachable < k + 1: everything not healthy
-    assert repair_plan(_health(3, 6, "hhhhom"), 5) == [5]  # the offline column waits for its peer; the missing one cannot
+    # the offline column waits for its peer; the missing one cannot
+    assert repair_plan(_health(3, 6, "hhhhom"), 5) == [5]
     assert repair_plan(_health(3, 5, "hhhmm"), 5) == [3, 4]
     assert repair_plan(_health(8, 16, "h" * 14 + "om"), 12) == [15]  # 15 durable, above 12: still placed
     assert repair_plan(_health(8, 16, "h" * 14 + "oo"), 12) == []
@@ -205,7 +206,7 @@ def _store_on(home: Home, src: Path, peers: int) -> None:
     async def run() -> None:
         async with open_volume(home) as vol:
             with trio.fail_after(20):
-                while len(await vol.net.find_peers(peers)) < peers:
+                while len(await vol.net.find_peers(peers)) < peers:  # noqa: ASYNC110 (peer processes registering)
                     await trio.sleep(0.2)
             await Tree(vol, vol.keys.root).upload(src)
 
@@ -250,7 +251,7 @@ def test_a_repair_that_cannot_place_every_column_exits_1_and_names_the_pack(grid
     assert "repaired 0 packs" in res.stdout, res.stdout
     # The one spare got its column; the other column waits, and a second run says so again.
     (_, after), = _records(home)
-    assert sum(a != b for a, b in zip(peers, after)) == 1 and len(set(after)) == 5, (peers, after)
+    assert sum(a != b for a, b in zip(peers, after, strict=True)) == 1 and len(set(after)) == 5, (peers, after)
     res = _pluto(home, "check", "--repair", "--now", "--json")
     assert res.returncode == 1, res.stdout + res.stderr
     report = json.loads(res.stdout)

@@ -7,10 +7,9 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import trio
 from treegen import assert_same_tree, make_tree
 
@@ -25,17 +24,6 @@ from transport.coordinator.client import PeerRecord
 from transport.protocol.peer_id import parse_peer_id
 
 
-@pytest.fixture
-def grid6(tmp_path: Path) -> Iterator[LocalGrid]:
-    """Six peers (one more than n, so repair has somewhere to go); fast heartbeats and audit reports."""
-    g = LocalGrid(tmp_path / "grid", peers=6, capacity="1G", heartbeat=0.3, audit_report_interval=0.01)
-    try:
-        g.start()
-        yield g
-    finally:
-        g.stop()
-
-
 def _home(tmp_path: Path, grid: LocalGrid) -> Home:
     home = Home(tmp_path / "home")
     home.create(new_seed(), Config(coordinator=grid.coordinator.address))
@@ -44,7 +32,7 @@ def _home(tmp_path: Path, grid: LocalGrid) -> Home:
 
 async def _wait(vol, n: int) -> None:
     with trio.fail_after(20):
-        while len(await vol.net.find_peers(n)) < n:
+        while len(await vol.net.find_peers(n)) < n:  # noqa: ASYNC110 (peer processes registering)
             await trio.sleep(0.2)
 
 
@@ -87,7 +75,7 @@ def _busiest_holder(grid: LocalGrid) -> int:
 
 
 def test_a_peer_that_drops_half_its_fragments_is_caught_and_gets_no_new_data(grid6: LocalGrid, tmp_path: Path) -> None:
-    src, home = _stored_tree(grid6, tmp_path, 60, seed=7, big=12 << 20)
+    _src, home = _stored_tree(grid6, tmp_path, 60, seed=7, big=12 << 20)
     # the cheat throws away half its fragment files but keeps its index (and keeps answering)
     cheater = _busiest_holder(grid6)
     cheat = parse_peer_id(grid6.storage[cheater].peer_id)
@@ -98,7 +86,9 @@ def test_a_peer_that_drops_half_its_fragments_is_caught_and_gets_no_new_data(gri
 
     async def run() -> int:
         async with open_volume(home) as vol:
-            for rounds in range(1, 11):
+            rounds = 0
+            while rounds < 10:
+                rounds += 1
                 await check(vol, vol.keys.root)
                 record = (await vol.net.peers(refresh=True))[cheat]
                 if not record.eligible:
@@ -120,7 +110,7 @@ def test_a_lost_peer_is_repaired_away_then_another_loss_is_survived(grid6: Local
     async def repair() -> None:
         async with open_volume(home) as vol:
             with trio.fail_after(20):
-                while (await vol.net.peers(refresh=True))[dead].alive:
+                while (await vol.net.peers(refresh=True))[dead].alive:  # noqa: ASYNC110 (a killed process)
                     await trio.sleep(0.2)
             first = await check(vol, vol.keys.root, repair=True, grace=0)  # no grace: gone is gone
             assert first.packs_degraded > 0 and first.packs_repaired == first.packs_degraded, first
@@ -174,7 +164,8 @@ def test_gc_releases_packs_nothing_refers_to(grid6: LocalGrid, tmp_path: Path) -
     _store(home, src)
 
     def stored_bytes() -> int:
-        return sum(p.stat().st_size for i in range(6) for p in (_peer_store(grid6, i) / "fragments").rglob("*") if p.is_file())
+        return sum(p.stat().st_size for i in range(6)
+                   for p in (_peer_store(grid6, i) / "fragments").rglob("*") if p.is_file())
 
     before = stored_bytes()
 
@@ -216,7 +207,8 @@ def test_the_mount_repairs_in_the_background_and_shows_it_in_status(tmp_path: Pa
         # Two of a pack's five holders gone leaves 3 reachable, fewer than k + 1: one more absence and
         # the pack is unreadable, so it is rebuilt back to 5 on spare peers at once, whatever the
         # 72 h repair grace says about peers that are merely offline (docs/TRUST.md).
-        holders = [i for i in range(7) if any(p.is_file() for p in (vol.grid.root / f"peer{i}" / "fragments").rglob("*"))]
+        holders = [i for i in range(7)
+                   if any(p.is_file() for p in (vol.grid.root / f"peer{i}" / "fragments").rglob("*"))]
         assert len(holders) == 5
         vol.grid.storage[holders[0]].kill()
         vol.grid.storage[holders[1]].kill()
@@ -286,7 +278,7 @@ def _all_fragment_files(grid: LocalGrid) -> dict[str, int]:
 
 async def _wait_for(vol, peer: bytes, ok: Callable[[PeerRecord], bool], timeout: float = 20.0) -> None:
     with trio.fail_after(timeout):
-        while not ok((await vol.net.peers(refresh=True))[peer]):
+        while not ok((await vol.net.peers(refresh=True))[peer]):  # noqa: ASYNC110 (another process's state)
             await trio.sleep(0.1)
 
 
@@ -303,7 +295,7 @@ def _peer_states(home: Home, grid: LocalGrid) -> list[str]:
 
 
 def test_a_peer_offline_within_the_grace_keeps_its_data_and_costs_no_repair(grid6: LocalGrid, tmp_path: Path) -> None:
-    src, home = _stored_tree(grid6, tmp_path, 20, seed=10, big=6 << 20)
+    _src, home = _stored_tree(grid6, tmp_path, 20, seed=10, big=6 << 20)
     grace = home.config().repair_grace
     assert grace == 72 * 3600  # the default, from docs/SIMULATION.md
     away = _busiest_holder(grid6)
@@ -380,8 +372,8 @@ def test_a_peer_offline_longer_than_the_grace_is_repaired_to_n(grid6: LocalGrid,
 
 
 def test_check_repair_now_does_not_wait_for_the_grace(grid6: LocalGrid, tmp_path: Path) -> None:
-    src, home = _stored_tree(grid6, tmp_path, 10, seed=12, big=4 << 20)
-    away, away_id = _kill_busiest_holder(grid6)
+    _src, home = _stored_tree(grid6, tmp_path, 10, seed=12, big=4 << 20)
+    _away, away_id = _kill_busiest_holder(grid6)
 
     async def wait_gone() -> None:
         async with open_volume(home) as vol:

@@ -48,7 +48,8 @@ def test_the_fault_plan_keeps_to_the_budget() -> None:
         for f in faults:
             if f.kind in MOUNT_FAULTS:
                 continue
-            down = {g.target for g in faults if g.kind in ("kill-peer", "freeze-peer") and g.at <= f.at < g.at + g.duration}
+            down = {g.target for g in faults
+                    if g.kind in ("kill-peer", "freeze-peer") and g.at <= f.at < g.at + g.duration}
             # a wipe counts as lost until the next mount fault (when the repair runs) after it
             lost = {g.target for g in faults if g.kind == "wipe-peer" and g.at <= f.at
                     and not any(m.kind in MOUNT_FAULTS and g.at < m.at < f.at for m in faults)}
@@ -115,7 +116,9 @@ def test_an_observation_outside_the_view_is_a_finding_and_then_the_view_follows_
     assert o.view_of("d/f") == o.expected("d/f")
 
 
-def test_a_state_older_than_an_acknowledgement_seen_during_the_run_is_a_rollback_not_a_view_slip(tmp_path: Path) -> None:
+def test_a_state_older_than_an_acknowledgement_seen_during_the_run_is_a_rollback_not_a_view_slip(
+    tmp_path: Path,
+) -> None:
     o = _oracle(tmp_path)
     o.begin("d/f", {("w1",)})
     o.ack("w1", "d/f", ("w1",))

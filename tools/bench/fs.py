@@ -640,7 +640,8 @@ def preflight(s: Settings, need_plot: bool) -> list[str]:
         problems.append(str(exc))
     for tool in ("rsync", "diff", "cmp", "cp", "cat", "fusermount3"):
         if shutil.which(tool) is None:
-            problems.append(f"`{tool}` is not installed (apt-get install -y {'fuse3' if tool == 'fusermount3' else tool})")
+            package = "fuse3" if tool == "fusermount3" else tool
+            problems.append(f"`{tool}` is not installed (apt-get install -y {package})")
     if not os.path.exists("/dev/fuse"):
         problems.append("/dev/fuse is missing: this machine cannot mount FUSE file systems")
     if need_plot:

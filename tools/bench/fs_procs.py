@@ -185,7 +185,7 @@ class PhaseMeter:
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self._t0
-        busy, total = machine_cpu()
+        busy, _total = machine_cpu()
         self.busy_cores = (busy - self._m0[0]) / self.wall if self.wall > 0 else 0.0
         if self.own_cpu is not None and self.wall > 0:
             own = self.own_cpu() - self._own0

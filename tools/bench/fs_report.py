@@ -67,7 +67,7 @@ def summarize(results: dict) -> list[dict]:
         pv, gv = values(pl, m.key), values(gc, m.key)
         pm, gm = _med(pv), _med(gv)
         ratio = pm / gm if pm is not None and gm else None
-        pairs = [a[m.key] / b[m.key] for a, b in zip(pl, gc)
+        pairs = [a[m.key] / b[m.key] for a, b in zip(pl, gc, strict=True)
                  if a.get(m.key) is not None and b.get(m.key)]
         met = None
         if m.target is not None and pm is not None:
@@ -175,7 +175,7 @@ def markdown(results: dict, png_name: str | None = "bench-ratios.png") -> str:
     for phase, label in [("write", "cp"), ("durable", "fsync after cp"), ("write_bg", "cp + background upload"),
                          ("read", "cold read"),
                          ("rsync", "rsync"), ("diff", "diff -r")]:
-        def med(fs: str, name: str) -> str:
+        def med(fs: str, name: str, phase: str = phase) -> str:
             xs = [r["cpu"][phase][name] for r in results["runs"][fs] if r.get("cpu", {}).get(phase, {}).get(name)
                   is not None]
             return f"{statistics.median(xs):.2f}" if xs else "–"
@@ -196,7 +196,8 @@ def markdown(results: dict, png_name: str | None = "bench-ratios.png") -> str:
     out.append("| measure | value |")
     out.append("|---|---|")
     out.append(f"| pluto: fragment bytes sent to peers (`uploaded_bytes` delta) | {mib(pl, 'edit_sent_bytes')} |")
-    out.append(f"| pluto: new sealed chunk bytes packed (`chunk_bytes_packed` delta) | {mib(pl, 'edit_packed_bytes')} |")
+    out.append("| pluto: new sealed chunk bytes packed (`chunk_bytes_packed` delta) | "
+               f"{mib(pl, 'edit_packed_bytes')} |")
     out.append(f"| pluto: bytes the 5 peers wrote to their disks (`write_bytes` delta: fragments, slots, SQLite "
                f"index) | {mib(pl, 'edit_peer_disk_bytes')} |")
     out.append(f"| pluto: bytes fetched from peers (`downloaded_bytes` delta) | {mib(pl, 'edit_downloaded_bytes')} |")
@@ -272,7 +273,7 @@ def plot(results: dict, path: Path) -> None:
     ys = list(range(len(rows)))[::-1]
     lo_all, hi_all = 1.0, 1.0
     right = blended_transform_factory(ax.transAxes, ax.transData)
-    for y, r in zip(ys, rows):
+    for y, r in zip(ys, rows, strict=True):
         m = r["metric"]
         ratio = r["ratio"]
         color = "#2e7d32" if r["met"] else "#c62828" if r["met"] is False else "#757575"

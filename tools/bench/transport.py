@@ -309,8 +309,8 @@ async def _run(s: Settings, peer: GridProcess, log=None) -> tuple[dict[str, Seri
     series = {
         "upload": Series(f"bulk upload, {s.fragments} x {s.fragment_size // MIB} MiB, {s.bulk_concurrency} in flight",
                          "MB/s", target=TARGET_BULK_MBPS),
-        "download": Series(f"bulk download, {s.fragments} x {s.fragment_size // MIB} MiB, {s.bulk_concurrency} in flight",
-                           "MB/s", target=TARGET_BULK_MBPS),
+        "download": Series(f"bulk download, {s.fragments} x {s.fragment_size // MIB} MiB, "
+                           f"{s.bulk_concurrency} in flight", "MB/s", target=TARGET_BULK_MBPS),
         "ping_concurrent": Series(f"ping, {s.ping_concurrency} concurrent callers, 1 connection", "req/s",
                                   target=TARGET_RPS),
         "ping_sequential": Series("ping, 1 sequential caller", "req/s"),

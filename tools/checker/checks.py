@@ -220,7 +220,8 @@ def degraded_reads(cluster: Cluster, home: Home, found: dict[str, State], lost: 
             for i in down:
                 cluster.restart_peer(i)
         if listing is None:
-            history.find(Finding("degraded", "", f"the volume reads with peers {down} down (n-k = {settings.fault_budget})",
+            history.find(Finding("degraded", "",
+                                 f"the volume reads with peers {down} down (n-k = {settings.fault_budget})",
                                  f"probe exit {res.returncode}", res.stderr.strip()[-500:]))
             continue
         for path, state in found.items():
@@ -288,8 +289,8 @@ def final_checks(cluster: Cluster, oracle: Oracle, history: History, settings: S
     found = check_paths(vol, oracle, history)
     stats["paths_checked"] = len(found)
     history.record("phase", name="writable")
-    stats["folders_written"] = check_writable(cluster, vol, fresh_home, listings[0] if listings else {"": {"entries": {}}},
-                                              history, settings)
+    first_listing = listings[0] if listings else {"": {"entries": {}}}
+    stats["folders_written"] = check_writable(cluster, vol, fresh_home, first_listing, history, settings)
     stats["degraded_rounds"] = degraded_reads(cluster, fresh_home, found, lost, history, settings)
     stats["impossible_acks"] = impossible_acks(history, cluster.peers)
     return stats

@@ -80,8 +80,8 @@ def plan(seed: int, peers: int, mounts: int, seconds: float, budget: int, aggres
         if kind in PEER_FAULTS and not (free and allowed):
             kind = rng.choice(MOUNT_FAULTS)
         lo, hi = DURATIONS[kind]
-        duration = round(rng.uniform(lo, hi) * (AGGRESSIVE_STRETCH if aggressive and kind in ("kill-peer", "freeze-peer")
-                                                else 1.0), 2)
+        stretch = AGGRESSIVE_STRETCH if aggressive and kind in ("kill-peer", "freeze-peer") else 1.0
+        duration = round(rng.uniform(lo, hi) * stretch, 2)
         if kind in PEER_FAULTS:
             target = rng.choice(free)
             if kind == "wipe-peer":

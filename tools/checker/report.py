@@ -67,7 +67,8 @@ def _fault_line(e: dict[str, Any]) -> str:
         extra = f" exit {e.get('exit')} ({e.get('packs_repaired')} packs repaired) {e.get('problems') or ''}"
     elif e["action"] == "skip":
         extra = f" {e.get('planned')}: {e.get('reason')}"
-    return f"  {e['t']:8.2f} {e['action']} {e['target']}{extra}  [down {e['down']}, lost {e['lost']}, mounts down {e['mounts_down']}]"
+    return (f"  {e['t']:8.2f} {e['action']} {e['target']}{extra}  "
+            f"[down {e['down']}, lost {e['lost']}, mounts down {e['mounts_down']}]")
 
 
 def history_slice(events: list[dict[str, Any]], finding: Finding) -> list[str]:
@@ -99,11 +100,13 @@ def render_text(summary: dict[str, Any], history: History) -> str:
         f"{s['acked_ops']} acknowledged something ({s['acks']} acknowledgements)",
         f"faults: {s['faults_injected']} injected {s['faults']}",
         f"final checks: {s.get('paths_checked', 0)} paths, {s.get('folders', 0)} folders x {s.get('probe_rounds', 0)} "
-        f"fresh reads, {s.get('folders_written', 0)} folders written, {s.get('degraded_rounds', 0)} reads with n-k peers down",
+        f"fresh reads, {s.get('folders_written', 0)} folders written, "
+        f"{s.get('degraded_rounds', 0)} reads with n-k peers down",
     ]
     for r in s.get("repairs", []):
+        problems = f"; problems: {r['problems'][:2]}" if r["problems"] else ""
         out.append(f"repair with mount {r['mount']}'s home: exit {r['exit']} in {r['seconds']} s, "
-                   f"{r['packs_repaired']} packs repaired{'; problems: ' + str(r['problems'][:2]) if r['problems'] else ''}")
+                   f"{r['packs_repaired']} packs repaired{problems}")
     if s.get("error"):
         out.append(f"THE CHECKER ITSELF FAILED: {s['error']}")
     violations = [f for f in history.findings if f.violation]

@@ -131,7 +131,9 @@ class Op:
         if self.dest:
             what += f" -> {self.dest}"
         if self.size:
-            what += f" ({self.size} B{', fsync' if self.fsync else ''}{f', then +{self.extra} B unsynced' if self.extra else ''})"
+            fsync = ", fsync" if self.fsync else ""
+            extra = f", then +{self.extra} B unsynced" if self.extra else ""
+            what += f" ({self.size} B{fsync}{extra})"
         elif self.fsync:
             what += " (fsync)"
         return what

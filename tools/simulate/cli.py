@@ -111,7 +111,8 @@ def _run_one(task: tuple[Params, Code]) -> dict:
 
 def run_tasks(tasks: list[tuple[Params, Code]], jobs: int, log=sys.stderr) -> list[dict]:
     # the widest codes first, grouped by network, so both workers stay busy and reuse timelines
-    order = sorted(range(len(tasks)), key=lambda i: (repr(Timeline.key_of(tasks[i][0])), -tasks[i][1].n, -tasks[i][1].threshold))
+    order = sorted(range(len(tasks)),
+                   key=lambda i: (repr(Timeline.key_of(tasks[i][0])), -tasks[i][1].n, -tasks[i][1].threshold))
     results: list[dict | None] = [None] * len(tasks)
     t0 = time.perf_counter()
     if jobs <= 1 or len(tasks) == 1:
@@ -120,7 +121,7 @@ def run_tasks(tasks: list[tuple[Params, Code]], jobs: int, log=sys.stderr) -> li
     else:
         ctx = multiprocessing.get_context("fork")
         pool = ctx.Pool(jobs)
-        it = zip(order, pool.imap(_run_one, [tasks[i] for i in order]))
+        it = zip(order, pool.imap(_run_one, [tasks[i] for i in order]), strict=True)
     try:
         for i, r in it:
             results[i] = r
@@ -141,8 +142,8 @@ def fmt_p(r: dict) -> str:
 
 def table(results: list[dict], vary: str | None = None) -> str:
     head = ["code", "n/k", "repair when healthy <", "lost / packs", "P(pack lost in a year) [95 % CI]",
-            "packs lost per TB-year", "repair traffic (x stored / year)", "kbit/s per TB", "fragments rebuilt / pack-year",
-            "readable at a random instant"]
+            "packs lost per TB-year", "repair traffic (x stored / year)", "kbit/s per TB",
+            "fragments rebuilt / pack-year", "readable at a random instant"]
     if vary:
         head.insert(0, vary)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -165,7 +166,8 @@ def network_summary(results: list[dict]) -> str:
     p = r["params"]
     return (f"network: {p['peers']:,} peers at the start, {r['peers_at_end']:,} at the end; in the measured year "
             f"{ev['departures']:,} departures, {ev['disk_failures']:,} disk failures, {ev['joins']:,} joins, "
-            f"{ev['mass_failures']} mass failure{'s' * (ev['mass_failures'] != 1)}; peers online {r['peer_availability']:.1%} of the time; "
+            f"{ev['mass_failures']} mass failure{'s' * (ev['mass_failures'] != 1)}; "
+            f"peers online {r['peer_availability']:.1%} of the time; "
             f"{r['false_alarms_per_peer_year']:.2f} false alarms per peer-year (declared gone, then back)")
 
 

@@ -215,7 +215,8 @@ class _Peers(_Sessions):
     def __init__(self, p: Params, rng: np.random.Generator):
         years = (p.days + p.warmup_days) * DAY_H / YEAR_H
         joins = p.joins_per_year if p.joins_per_year >= 0 else p.departures_per_year * p.peers
-        expected = p.peers * (1 + years * p.disk_failures_per_year + (p.mass_failure_day >= 0) * p.mass_failure_fraction) + joins * years
+        mass = (p.mass_failure_day >= 0) * p.mass_failure_fraction
+        expected = p.peers * (1 + years * p.disk_failures_per_year + mass) + joins * years
         self.mass_at = (p.warmup_days + p.mass_failure_day) * DAY_H if p.mass_failure_day >= 0 else np.inf
         super().__init__(p, rng, p.peers, capacity=int(expected * 1.2) + 64)
         self.join_rate = joins / YEAR_H
@@ -235,8 +236,11 @@ class _Peers(_Sessions):
 
     def _draw_ends(self, ids: np.ndarray, t0: np.ndarray | float) -> None:
         p = self.p
-        dep = self.rng.exponential(YEAR_H / p.departures_per_year, ids.size) if p.departures_per_year > 0 else np.full(ids.size, np.inf)
-        disk = self.rng.exponential(YEAR_H / p.disk_failures_per_year, ids.size) if p.disk_failures_per_year > 0 else np.full(ids.size, np.inf)
+        never = np.full(ids.size, np.inf)
+        dep = (self.rng.exponential(YEAR_H / p.departures_per_year, ids.size)
+               if p.departures_per_year > 0 else never)
+        disk = (self.rng.exponential(YEAR_H / p.disk_failures_per_year, ids.size)
+                if p.disk_failures_per_year > 0 else never)
         self.end[ids] = t0 + np.minimum(dep, disk)
         self.end_kind[ids] = np.where(dep <= disk, 1, 2)
 
@@ -396,8 +400,8 @@ class Timeline:
         owners = _Sessions(p, rng, p.peers)
         T = p.audit_hours
         self.audit_hours = T
-        self.warmup_steps = int(round(p.warmup_days * DAY_H / T))
-        self.steps = self.warmup_steps + int(round(p.days * DAY_H / T))
+        self.warmup_steps = round(p.warmup_days * DAY_H / T)
+        self.steps = self.warmup_steps + round(p.days * DAY_H / T)
         self.up: list[np.ndarray] = []
         self.current: list[np.ndarray] = []
         self.healthy: list[np.ndarray] = []
@@ -504,7 +508,7 @@ def simulate(p: Params, code: Code, timeline: Timeline | None = None, check: boo
     owner = rng.integers(0, p.peers, P).astype(np.int32)
     index = _SlotIndex(F)
     H = tl.healthy[0][F].sum(axis=1).astype(np.int16)  # healthy fragments per pack
-    I = np.full(P, n, np.int16)                          # fragments that still exist
+    exist = np.full(P, n, np.int16)                      # fragments that still exist
     lost = np.zeros(P, bool)
     lost_at = np.full(P, np.inf)
     needs = H < tau
@@ -555,18 +559,18 @@ def simulate(p: Params, code: Code, timeline: Timeline | None = None, check: boo
             ids = F.ravel()[slots]
             pk = slots // n
             np.add.at(H, pk, h[ids].astype(np.int16) - prev_h[ids])
-            np.add.at(I, pk, cur[ids].astype(np.int16) - prev_cur[ids])
+            np.add.at(exist, pk, cur[ids].astype(np.int16) - prev_cur[ids])
             mark[pk] = True
         if done.size:
             rows = F[done]
             H[done] = h[rows].sum(axis=1)
-            I[done] = cur[rows].sum(axis=1)
+            exist[done] = cur[rows].sum(axis=1)
             mark[done] = True
         dirty = np.flatnonzero(mark)
         mark[dirty] = False
         if dirty.size:
             dirty = dirty[~lost[dirty]]
-            gone = I[dirty] < k
+            gone = exist[dirty] < k
             lost[dirty[gone]] = True
             lost_at[dirty[gone]] = t
             needs[dirty] = (H[dirty] < tau) & ~gone
@@ -619,7 +623,7 @@ def simulate(p: Params, code: Code, timeline: Timeline | None = None, check: boo
         if check:
             live = ~lost
             assert (H[live] == h[F[live]].sum(axis=1)).all(), "healthy counts drifted"
-            assert (I[live] == cur[F[live]].sum(axis=1)).all(), "intact counts drifted"
+            assert (exist[live] == cur[F[live]].sum(axis=1)).all(), "intact counts drifted"
             assert (want == (needs & ~busy & ~lost)).all(), "repair queue drifted"
             srt = np.sort(F[live], axis=1)
             assert not (srt[:, 1:] == srt[:, :-1]).any(), "two fragments of a pack on one peer"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import matplotlib
@@ -47,13 +48,14 @@ def plot_loss(results: list[dict], path: str, recommend: list[tuple[int, int, in
         rep = [r for r in rs if r["threshold"]]
         xs = [r["threshold"] - k for r in rep]
         ys = [r["p_loss"] if r["losses"] else r["p_loss_hi"] for r in rep]
-        for (x0, y0, r0), (x1, y1, r1) in zip(zip(xs, ys, rep), zip(xs[1:], ys[1:], rep[1:])):
+        for (x0, y0, r0), (x1, y1, r1) in itertools.pairwise(zip(xs, ys, rep, strict=True)):
             ax.plot([x0, x1], [y0, y1], "-" if r0["losses"] and r1["losses"] else "--", color=c, lw=1.4)
         ax.plot([], [], "-", color=c, lw=1.4, label=f"{k}-of-{n}  (n/k = {n / k:.2f})")
         meas = [r for r in rep if r["losses"]]
         if meas:
             ax.errorbar([r["threshold"] - k for r in meas], [r["p_loss"] for r in meas],
-                        yerr=[[r["p_loss"] - r["p_loss_lo"] for r in meas], [r["p_loss_hi"] - r["p_loss"] for r in meas]],
+                        yerr=[[r["p_loss"] - r["p_loss_lo"] for r in meas],
+                              [r["p_loss_hi"] - r["p_loss"] for r in meas]],
                         fmt="o", color=c, ms=6, capsize=3)
         zero = [r for r in rep if not r["losses"]]
         if zero:
@@ -103,13 +105,15 @@ def plot_repair(results: list[dict], path: str, recommend: list[tuple[int, int, 
             if key in MARKS:
                 _mark(ax, r["threshold"] - k, r["repair_per_byte_year"], MARKS[key].split("\n")[1][1:-1], c)
             if recommend and key in recommend:
-                ax.plot([r["threshold"] - k], [r["repair_per_byte_year"]], "*", color="gold", ms=18, mec="black", zorder=5)
+                ax.plot([r["threshold"] - k], [r["repair_per_byte_year"]], "*", color="gold", ms=18, mec="black",
+                        zorder=5)
     if recommend:
         ax.plot([], [], "*", color="gold", ms=14, mec="black", label="recommended defaults")
     ax.set_yscale("log")
     ax.set_xlabel("repair margin x  (repair when fewer than k + x fragments are healthy)")
     ax.set_ylabel("repair traffic per year / data stored\n(k downloads + rebuilt uploads)")
-    sec = ax.secondary_yaxis("right", functions=(lambda u: u * KBITS_PER_TB_PER_UNIT, lambda v: v / KBITS_PER_TB_PER_UNIT))
+    sec = ax.secondary_yaxis("right", functions=(lambda u: u * KBITS_PER_TB_PER_UNIT,
+                                                 lambda v: v / KBITS_PER_TB_PER_UNIT))
     sec.set_ylabel("average kbit/s for 1 TB stored")
     ax.set_title("Repair traffic vs repair threshold\n" + _subtitle(results), fontsize=10)
     ax.grid(True, which="major", alpha=0.35)
@@ -130,7 +134,7 @@ def plot_tradeoff(results: list[dict], path: str, recommend: list[tuple[int, int
         ys = [r["p_loss"] if r["losses"] else r["p_loss_hi"] for r in rep]
         ax.plot(xs, ys, "-", color=c, lw=1, alpha=0.6)
         first_bound = True
-        for r, x, y in zip(rep, xs, ys):
+        for r, x, y in zip(rep, xs, ys, strict=True):
             ax.plot([x], [y], "o" if r["losses"] else "v", color=c, mfc=c if r["losses"] else "white", mew=1.5, ms=7)
             if r["losses"] or first_bound:  # the bounds of eager thresholds overlap: label the first only
                 ax.annotate(f"<{r['threshold']}", (x, y), xytext=(5, 4 if r["losses"] else -12),
@@ -147,7 +151,8 @@ def plot_tradeoff(results: list[dict], path: str, recommend: list[tuple[int, int
     ax.set_yscale("log")
     ax.set_xlabel("repair traffic per year / data stored")
     ax.set_ylabel("probability that a pack is lost within a year")
-    ax.set_title("Durability against repair traffic (labels: repair when healthy < T)\n" + _subtitle(results), fontsize=10)
+    ax.set_title("Durability against repair traffic (labels: repair when healthy < T)\n" + _subtitle(results),
+                 fontsize=10)
     ax.grid(True, which="major", alpha=0.35)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()

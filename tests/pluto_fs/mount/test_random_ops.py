@@ -626,7 +626,8 @@ class Fsx:
         getattr(self, f"op_{name}")(f)
 
     def run(self) -> None:
-        for self.opno in range(1, self.n_ops + 1):
+        for opno in range(1, self.n_ops + 1):
+            self.opno = opno
             self.cur = f"op #{self.opno}"
             try:
                 self.step()
