@@ -45,7 +45,7 @@ from pluto_fs.errors import NotEnoughPeers, PlutoError
 from pluto_fs.net.peer_states import PeerState, peer_state, peer_states  # noqa: F401 (re-exported: callers import them from here)
 from pluto_fs.store.packs import PackLayout
 from pluto_fs.volume.repair import RepairResult, repair_pack
-from pluto_fs.volume.tree import Tree
+from pluto_fs.volume.tree import child_cap
 from pluto_fs.volume.volume import Volume
 from transport.errors import RequestTimeout, TransportError
 
@@ -148,7 +148,6 @@ class Inventory:
 async def inventory(volume: Volume, root: WriteCap | ReadCap) -> Inventory:
     """Walk the tree under `root` and collect every folder and every pack its files use."""
     inv = Inventory()
-    tree = Tree(volume, root)
     stack: list[tuple[WriteCap | ReadCap, str]] = [(root, "")]
     while stack:
         cap, path = stack.pop()
@@ -156,7 +155,7 @@ async def inventory(volume: Volume, root: WriteCap | ReadCap) -> Inventory:
         directory = await volume.load_dir(cap, missing_ok=cap is root)
         for entry in directory.entries:
             if isinstance(entry.child, DirLink):
-                stack.append((tree._child_cap(cap, entry), f"{path}/{entry.name}"))
+                stack.append((child_cap(cap, entry), f"{path}/{entry.name}"))
             elif isinstance(entry.child, FileRef):
                 inv.files += 1
                 await _collect_file(volume, entry.child, entry.size, inv, f"{path}/{entry.name}")
@@ -164,20 +163,11 @@ async def inventory(volume: Volume, root: WriteCap | ReadCap) -> Inventory:
 
 
 async def _collect_file(volume: Volume, ref: FileRef, size: int, inv: Inventory, path: str) -> None:
-    manifest = ref.open(size)
-    levels = 0
-    while True:
+    for manifest in await volume.manifest_levels(ref, size):
         for chunk in manifest.chunks:
             loc = Locator.decode(chunk.locator)
             inv.packs.setdefault(loc.record.writer, loc)
             inv.used_by.setdefault(loc.record.writer, path)
-        if not manifest.indirect or levels > 3:
-            return
-        from cryptree.filenode import decode_manifest
-
-        inner = b"".join([await volume._chunk(c) for c in manifest.chunks])
-        manifest = decode_manifest(inner)
-        levels += 1
 
 
 class Doctor:

@@ -46,18 +46,25 @@ def split_path(path: str) -> list[str]:
     return parts
 
 
+def child_cap(parent: WriteCap | ReadCap, entry: DirEntry) -> WriteCap | ReadCap:
+    """The capability for the sub-folder `entry` of the folder opened with `parent`.
+
+    Write access to the parent unwraps the child's write key when the link
+    carries one (cryptree/dirnode.py `child_write_cap`); otherwise, and for
+    a read-only parent, the link's read cap.
+    """
+    assert isinstance(entry.child, DirLink)
+    if isinstance(parent, WriteCap) and entry.child.wrapped_writer is not None:
+        return child_write_cap(parent, entry)
+    return entry.child.cap
+
+
 @dataclass
 class Tree:
     """A directory tree seen through one capability (the user's root, or a shared folder)."""
 
     volume: Volume
     root: WriteCap | ReadCap
-
-    def _child_cap(self, parent: WriteCap | ReadCap, entry: DirEntry) -> WriteCap | ReadCap:
-        assert isinstance(entry.child, DirLink)
-        if isinstance(parent, WriteCap) and entry.child.wrapped_writer is not None:
-            return child_write_cap(parent, entry)
-        return entry.child.cap
 
     async def open_dir(self, path: str) -> tuple[WriteCap | ReadCap, Directory]:
         """The capability and contents of the directory at `path`."""
@@ -71,7 +78,7 @@ class Tree:
                 raise NotFound(f"{walked}: no such file or directory")
             if entry.kind != "dir":
                 raise NotFound(f"{walked}: not a directory")
-            cap = self._child_cap(cap, entry)
+            cap = child_cap(cap, entry)
             directory = await self.volume.load_dir(cap)
         return cap, directory
 
@@ -126,7 +133,7 @@ class Tree:
                 mine[name] = DirEntry(name, Symlink(target), size=len(target), **common)
             elif stat.S_ISDIR(st.st_mode):
                 if old is not None and old.kind == "dir":
-                    child = self._child_cap(cap, old)
+                    child = child_cap(cap, old)
                     if not isinstance(child, WriteCap):
                         raise PlutoError(f"{item.path}: the folder there is read-only for you")
                     child_dir = await self.volume.load_dir(child)
@@ -173,7 +180,7 @@ class Tree:
             if isinstance(entry.child, Symlink):
                 os.symlink(entry.child.target, os.fsencode(target))
             elif isinstance(entry.child, DirLink):
-                child = self._child_cap(cap, entry)
+                child = child_cap(cap, entry)
                 target.mkdir(exist_ok=True)
                 count += await self._download_dir(child, await self.volume.load_dir(child), target, progress)
             else:
