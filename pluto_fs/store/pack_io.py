@@ -28,7 +28,7 @@ import trio
 from cryptree.caps import ReadCap
 from cryptree.errors import CryptreeError
 from cryptree.packrecord import Locator, PackRecord, open_pack_record, pack_write_cap, seal_pack_record
-from pluto_fs.errors import NotEnoughPeers, QuotaExceeded
+from pluto_fs.errors import DamagedFragment, NotEnoughPeers, QuotaExceeded
 from pluto_fs.net.network import Network
 from pluto_fs.net.quorum import run_until_enough
 from pluto_fs.net.run_all import run_all
@@ -290,12 +290,12 @@ class PackStore:
                     client = await self.net.client(peers[col])
                     data = await client.get_fragment(seg.fragment_ids[col], verify=True)
                     if len(data) != layout.fragment_length(index):
-                        raise RemoteError("corrupt", "fragment has the wrong length")
-                except (TransportError, NotEnoughPeers) as exc:
+                        raise DamagedFragment("the fragment has the wrong length for its pack")
+                except (TransportError, NotEnoughPeers, DamagedFragment) as exc:
                     del waiting[col]
                     errors.append(f"fragment {col}: {exc}")
                     self.fetch_order.troubled(peers[col])
-                    if isinstance(exc, RemoteError) and exc.code == "corrupt":
+                    if _failed_verification(exc):
                         nursery.start_soon(self.report, peers[col], False)
                     launch_next()
                     return
@@ -341,3 +341,12 @@ class PackStore:
     async def _fetch_segment(self, layout: PackLayout, peers: tuple[bytes | None, ...], index: int) -> bytes:
         got = await self.gather(layout, peers, index, range(layout.n))
         return await trio.to_thread.run_sync(decode_segment, got, layout.k, layout.n, layout.segments[index].length)
+
+
+def _failed_verification(exc: BaseException) -> bool:
+    """The peer sent a fragment that failed a check made here: held against the peer, unlike a mere failure.
+
+    The transport client refuses a fragment that does not match its id with
+    the code "corrupt" (transport/peer/client.py `get_fragment`).
+    """
+    return isinstance(exc, DamagedFragment) or (isinstance(exc, RemoteError) and exc.code == "corrupt")
