@@ -16,8 +16,9 @@ import trio
 
 from pluto_fs import home_lock
 from pluto_fs.errors import HomeError, PlutoError
-from pluto_fs.home import Config, Home, home_path
+from pluto_fs.home import Home, code_config, home_path
 from pluto_fs.mount.run import MountOptions, is_mounted, pid_file, run_mount
+from pluto_fs.store.packs import DEFAULT_K, DEFAULT_N
 from pluto_fs.units import format_size
 from pluto_fs.volume.risk import PeerCounts, assess, at_risk
 from pluto_fs.writeback.journal_state import LocalChanges, read_local_changes
@@ -352,10 +353,10 @@ def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Hom
         grid.stop()
         raise PlutoError(str(exc)) from None
     try:
-        k, n = min(3, args.peers), min(5, args.peers)
+        k, n = min(DEFAULT_K, args.peers), min(DEFAULT_N, args.peers)
         if not home.exists():
             seed = new_seed()
-            home.create(seed, Config(coordinator=grid.coordinator.address, k=k, n=n, happy=min(n, k + 1)))
+            home.create(seed, code_config(grid.coordinator.address, k, n))
             print("created a new identity; its recovery phrase (shown once):")
             print("  " + seed_to_phrase(seed))
         else:
@@ -416,7 +417,7 @@ def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: s
     p.set_defaults(func=cmd_peers)
     p = sub.add_parser("demo", help="run a local grid (coordinator + peers) and mount it, all on 127.0.0.1")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--peers", type=int, default=5, help="storage peers to start (default 5)")
+    p.add_argument("--peers", type=int, default=DEFAULT_N, help=f"storage peers to start (default {DEFAULT_N})")
     p.add_argument("--capacity", default="2G", metavar="SIZE", help="capacity of each peer (default 2G)")
     p.add_argument("--state", default=str(Path.home() / ".pluto-demo"), metavar="DIR",
                    help="where the demo keeps its grid and identity (default ~/.pluto-demo)")

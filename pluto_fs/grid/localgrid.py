@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pluto_fs.store.packs import DEFAULT_N
+
 _LISTENING = re.compile(r"listening on (\S+?):(\d+)")
 
 
@@ -148,7 +150,7 @@ class LocalGrid:
     """A coordinator and N storage peers under one directory."""
 
     root: Path
-    peers: int = 5
+    peers: int = DEFAULT_N  # one per fragment of the default code
     capacity: str = "2G"
     heartbeat: float = 1.0
     log_level: str = "info"
@@ -263,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m pluto_fs.grid.localgrid", description=main.__doc__)
     parser.add_argument("--root", type=Path, help="state directory (default: a new temporary one)")
-    parser.add_argument("--peers", type=int, default=5, help="number of storage peers (default 5)")
+    parser.add_argument("--peers", type=int, default=DEFAULT_N,
+                        help=f"number of storage peers (default {DEFAULT_N}: one per fragment of the default code)")
     args = parser.parse_args(argv)
     if not 1 <= args.peers <= 64:
         print("localgrid: --peers must be from 1 to 64", file=sys.stderr)

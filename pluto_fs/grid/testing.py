@@ -19,6 +19,7 @@ from cryptree.identity import new_seed
 from pluto_fs.grid.localgrid import LocalGrid, _child_env
 from pluto_fs.home import Config, Home
 from pluto_fs.mount.run import is_mounted
+from pluto_fs.store.packs import DEFAULT_N
 
 
 @dataclass
@@ -115,7 +116,7 @@ class MountedVolume:
             self.grid.stop()
 
 
-def start_mounted_volume(root: Path, peers: int = 5, timeout: float = 30.0, own_peers: bool = True,
+def start_mounted_volume(root: Path, peers: int = DEFAULT_N, timeout: float = 30.0, own_peers: bool = True,
                          grace: str = "1G", capacity: str = "4G") -> MountedVolume:
     """Grid + fresh identity + mount, ready for use.
 

@@ -37,7 +37,15 @@ from pluto_fs.store.erasure import decode_segment
 from pluto_fs.store.fetch_cache import FetchCache
 from pluto_fs.store.fetch_order import FetchOrder
 from pluto_fs.store.pack_log import PackLog
-from pluto_fs.store.packs import LayoutError, PackLayout, encode_pack, read_range
+from pluto_fs.store.packs import (
+    DEFAULT_HAPPY,
+    DEFAULT_K,
+    DEFAULT_N,
+    LayoutError,
+    PackLayout,
+    encode_pack,
+    read_range,
+)
 from transport.errors import RemoteError, TransportError
 
 log = logging.getLogger(__name__)
@@ -69,9 +77,9 @@ class PackStore:
     net: Network
     slots: SlotReplicas
     pack_key: bytes
-    k: int = 3
-    n: int = 5
-    happy: int = 4
+    k: int = DEFAULT_K
+    n: int = DEFAULT_N
+    happy: int = DEFAULT_HAPPY
     segment_size: int = 1 << 20
     # Small on purpose: decoded chunks are cached above (Volume._chunks), so this
     # only has to keep a segment between the two chunks that straddle it. At 64 MiB it
