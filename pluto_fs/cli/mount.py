@@ -340,7 +340,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Home) -> LocalChanges:
     from cryptree.identity import new_seed, seed_to_phrase
-    from pluto_fs.grid.localgrid import GridError, LocalGrid
+    from pluto_fs.grid.localgrid import GridError, LocalGrid, wait_for_peers
 
     # The grid runs in sessions of its own, so the terminal's Ctrl-C (SIGINT to the foreground
     # process group) reaches only this process: it uploads what is pending while the peers are
@@ -369,7 +369,7 @@ def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Hom
         opts = MountOptions(mountpoint, allow_other=args.allow_other, op_timeout=args.timeout)
 
         async def main() -> LocalChanges:
-            await _wait_for_peers(home, min(args.peers, n))
+            await wait_for_peers(home, min(args.peers, n))
             return await run_mount(home, opts)
 
         left = trio.run(main)
@@ -377,18 +377,6 @@ def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Hom
         return left
     finally:
         grid.stop()
-
-
-async def _wait_for_peers(home: Home, want: int) -> None:
-    from transport.coordinator.client import CoordinatorClient
-    from transport.protocol.pool import open_pool
-
-    config = home.config()
-    async with open_pool(home.device_key()) as pool:
-        coordinator = CoordinatorClient.from_pool(pool, config.coordinator)
-        with trio.move_on_after(30):
-            while len(await coordinator.find_peers(want)) < want:
-                await trio.sleep(0.2)
 
 
 def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: str) -> None:

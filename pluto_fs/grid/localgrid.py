@@ -23,8 +23,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pluto_fs.store.packs import DEFAULT_N
+
+if TYPE_CHECKING:
+    from pluto_fs.home import Home
 
 _LISTENING = re.compile(r"listening on (\S+?):(\d+)")
 
@@ -59,7 +63,7 @@ class GridProcess:
         """Start the process without waiting for it (see `wait_listening`): several start at once."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=_child_env(),
+            self.argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=child_env(),
             start_new_session=True, preexec_fn=_parent_death_signal() if self.die_with_parent else None,
         )
         log.close()
@@ -129,16 +133,33 @@ def _parent_death_signal():
     return arm
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment for a pluto subprocess: this checkout first on PYTHONPATH."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
-def child_env() -> dict[str, str]:
-    """The environment for a pluto subprocess: this checkout first on PYTHONPATH."""
-    return _child_env()
+async def wait_for_peers(home: Home, want: int, timeout: float = 30.0) -> None:
+    """Until the coordinator offers `want` storage peers for placement to `home`, or `timeout` seconds pass.
+
+    A grid just started has peers still registering; a mount that uploaded
+    at once would find too few and report data as not stored.
+    """
+    import trio
+
+    from transport.coordinator.client import CoordinatorClient
+    from transport.protocol.pool import open_pool
+
+    config = home.config()
+    async with open_pool(home.device_key()) as pool:
+        coordinator = CoordinatorClient.from_pool(pool, config.coordinator)
+        with trio.move_on_after(timeout):
+            while True:  # polled: the coordinator does not tell anyone when a peer registers
+                if len(await coordinator.find_peers(want)) >= want:
+                    return
+                await trio.sleep(0.2)
 
 
 def _pluto(*args: str) -> list[str]:
