@@ -136,7 +136,7 @@ def _parent_death_signal():
 def child_env() -> dict[str, str]:
     """The environment for a pluto subprocess: this checkout first on PYTHONPATH."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the checkout that holds pluto_fs/
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
