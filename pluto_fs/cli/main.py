@@ -24,7 +24,7 @@ from transport.protocol.dial import parse_address
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(Exception):
+class UsageError(PlutoError):
     """Bad input from the person at the keyboard: exit 2 with a one-line message."""
 
 

@@ -349,9 +349,9 @@ def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Hom
                      owner=home.device_id(), die_with_parent=True)
     try:
         grid.start()
-    except GridError as exc:
+    except GridError:
         grid.stop()
-        raise PlutoError(str(exc)) from None
+        raise
     try:
         k, n = min(DEFAULT_K, args.peers), min(DEFAULT_N, args.peers)
         if not home.exists():

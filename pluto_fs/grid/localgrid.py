@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pluto_fs.errors import PlutoError
 from pluto_fs.store.packs import DEFAULT_N
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 _LISTENING = re.compile(r"listening on (\S+?):(\d+)")
 
 
-class GridError(RuntimeError):
+class GridError(PlutoError, RuntimeError):
     """A grid process did not start."""
 
 

@@ -30,12 +30,14 @@ from typing import Union
 
 import zfec
 
+from pluto_fs.errors import PlutoError
+
 MAX_SHARES = 256  # GF(2^8) has 256 evaluation points: zfec's hard limit on n
 
 Buffer = Union[bytes, bytearray, memoryview]
 
 
-class ErasureError(Exception):
+class ErasureError(PlutoError):
     """Base class of every error raised by this module."""
 
 

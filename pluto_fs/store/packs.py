@@ -37,6 +37,7 @@ from typing import Any
 import blake3
 
 from cryptree.merkle import HASH_SIZE, merkle_root
+from pluto_fs.errors import PlutoError
 from pluto_fs.store.erasure import (
     Buffer,
     ErasureError,
@@ -84,7 +85,7 @@ def happy_for(k: int, n: int) -> int:
 DEFAULT_HAPPY = happy_for(DEFAULT_K, DEFAULT_N)
 
 
-class PackError(Exception):
+class PackError(PlutoError):
     """Base class of every error raised by this module."""
 
 

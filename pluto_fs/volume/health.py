@@ -309,7 +309,7 @@ async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = Fals
             progress(f"auditing pack {i + 1}/{len(chosen)}")
         try:
             health = await doctor.audit(loc, report)
-        except (NotEnoughPeers, PlutoError) as exc:
+        except PlutoError as exc:
             report.packs_unreadable += 1
             report.problems.append(str(exc))
             continue
@@ -327,7 +327,7 @@ async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = Fals
             if repair and columns:
                 try:
                     result = await doctor.repair(health, columns)
-                except (NotEnoughPeers, PlutoError, TransportError) as exc:
+                except (PlutoError, TransportError) as exc:
                     result = RepairResult(unplaced={col: str(exc) for col in columns})
                 report.fragments_rebuilt += result.rebuilt
                 if not result.complete:
