@@ -56,11 +56,11 @@ def _gather(faults: dict[bytes, BaseException], truncated: set[bytes]) -> tuple[
         got.update(await store.gather(layout, PEERS, 0, range(5)))
 
     trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
-    return got, net.coordinator.reports, (layout, fragments)
+    return got, net.coordinator.reports, fragments
 
 
 def test_a_fragment_of_the_wrong_length_is_dropped_and_held_against_its_peer() -> None:
-    got, reports, (layout, fragments) = _gather({}, {b"p0"})
+    got, reports, fragments = _gather({}, {b"p0"})
     assert sorted(got) == [1, 2, 3]
     assert all(got[c] == fragments[0][c] for c in got)
     assert reports == [(b"p0", False)]
