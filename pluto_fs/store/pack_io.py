@@ -81,9 +81,9 @@ class PackStore:
     n: int = DEFAULT_N
     happy: int = DEFAULT_HAPPY
     segment_size: int = 1 << 20
-    # Small on purpose: decoded chunks are cached above (Volume._chunks), so this
-    # only has to keep a segment between the two chunks that straddle it. At 64 MiB it
-    # held a second copy of everything read (≈ 60 MiB of the mount's RSS after a read).
+    # Small on purpose: decoded chunks are cached above (`Volume.chunk`), so this only has
+    # to keep a segment between the two chunks that straddle it; a cache as large as the
+    # chunk cache would hold a second copy of everything read in the mount's memory.
     segment_cache_bytes: int = 16 << 20
     stats: TransferStats = field(default_factory=TransferStats)
     log: PackLog | None = None
@@ -145,7 +145,7 @@ class PackStore:
                 tried.add(peer)
 
         # Once `happy` columns are placed the pack is safe; a silent peer then gets a grace, not
-        # the request timeout (fsync with 1 of 5 peers frozen waited the full 10 s before).
+        # the request timeout, so one frozen peer does not make every fsync wait out the timeout.
         await run_until_enough([partial(place_column, i) for i in range(self.n)],
                                lambda: sum(placed) >= self.happy, UPLOAD_MIN_GRACE, UPLOAD_MAX_GRACE)
         if sum(placed) < self.happy and refusals:
@@ -159,8 +159,9 @@ class PackStore:
             self.stats.columns_short += self.n - sum(placed)
             log.info("pack stored with %d of %d fragment columns; the rest are placed as soon as a peer is free",
                      sum(placed), self.n)
-        # Only what a peer acknowledged is recorded: a column cut off or failed everywhere is None,
-        # not a peer that never got it (that made the grace count it healthy, and named a peer twice).
+        # Only what a peer acknowledged is recorded: a column cut off or failed everywhere is None.
+        # Naming a peer that never got it would make the grace count the column healthy, and could
+        # name one peer for two columns.
         peers = tuple(columns[i] if placed[i] else None for i in range(self.n))
         record = await self.publish_record(nonce, 1, layout, peers)
         self.stats.packs_uploaded += 1
@@ -209,9 +210,10 @@ class PackStore:
     async def _put_column(self, client, layout: PackLayout, fragments: list[list[bytes]], i: int) -> None:
         """Send column `i` of every segment to one peer, a few requests in flight at once.
 
-        One at a time, each fragment waited a full round trip plus the peer's
-        fsync before the next left: about 30 ms per 350 KB fragment, which
-        capped a pack's upload whatever the bandwidth. The first failure stops
+        Several at once because, one at a time, each fragment would wait a full
+        round trip plus the peer's fsync before the next left (about 30 ms per
+        350 KB fragment on loopback): that caps a pack's upload whatever the
+        bandwidth. The first failure stops
         the column (the caller moves it to another peer).
         """
 

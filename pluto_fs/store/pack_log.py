@@ -7,8 +7,8 @@ but never loses data.
 
 A row that cannot be written (the local disk is full: sqlite3.OperationalError)
 is kept in memory and written with the next one, or at close; the upload it
-records has succeeded, so it must not fail because of the log. Before, the
-error escaped into the volume's nursery and ended the mount.
+records has succeeded, so it must not fail because of the log (an error
+escaping into the volume's nursery would end the mount).
 """
 
 from __future__ import annotations

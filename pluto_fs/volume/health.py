@@ -66,7 +66,8 @@ class PackHealth:
     healthy: list[bool]  # the peer is up and proved it holds the column's fragments
     offline: list[bool] = field(default_factory=list)  # the peer is within the grace: not asked, expected back
     # No peer holds the column: None in the record (no peer acknowledged it), or a peer already
-    # named for an earlier column (older clients did that). Neither healthy nor offline.
+    # named for an earlier column (v1 records may do that: cryptree/packrecord.py). Neither
+    # healthy nor offline.
     missing: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -185,8 +186,8 @@ class Doctor:
         """Challenge every fragment column of a pack once (with containment on timeouts)."""
         seq, layout, peers = await self.packs.fetch_record(loc.record)
         records = await self.net.peers(refresh=True)
-        # A peer counts for one column only: a later column naming it again (older clients named
-        # a peer twice for a column it never got) is missing, not challenged, not held against it.
+        # A peer counts for one column only: a later column naming it again (a v1 record may name a
+        # peer twice, for a column it never got) is missing, not challenged, not held against it.
         first: dict[bytes, int] = {}
         for col, pid in enumerate(peers):
             if pid is not None:

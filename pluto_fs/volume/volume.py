@@ -146,8 +146,8 @@ class Volume:
         try:
             await self.packs.upload(nonce, data)
         except Exception as exc:
-            # Nothing may escape into the volume's nursery: that ended the mount (a full local
-            # disk made the pack log raise sqlite3.OperationalError here). An unexpected error
+            # Nothing may escape into the volume's nursery: it would end the mount (a full local
+            # disk, for one, makes the pack log raise sqlite3.OperationalError here). An unexpected error
             # counts as a failed pack, which is always safe: the data stays pending and the
             # caller's flush fails, so nothing publishes refs into this pack.
             if not isinstance(exc, (PlutoError, CryptreeError, TransportError, OSError, sqlite3.Error)):
