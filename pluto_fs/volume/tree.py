@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
+
 from cryptree.caps import ReadCap, WriteCap
 from cryptree.dirnode import (
     DirAttrs,
@@ -142,7 +144,7 @@ class Tree:
                 count += await self._upload_dir(Path(item.path), child, child_dir, progress, mark)
                 mine[name] = DirEntry(name, link_child(cap, child), size=0, **common)
             elif stat.S_ISREG(st.st_mode):
-                data = Path(item.path).read_bytes()
+                data = await trio.Path(item.path).read_bytes()
                 previous = None
                 if old is not None and isinstance(old.child, FileRef):
                     previous = await self.volume.manifest(old.child, old.size)
@@ -153,7 +155,7 @@ class Tree:
                     progress(item.path, len(data))
             else:
                 log.warning("skipping %s: only files, folders and symlinks are stored", item.path)
-        st = local.stat()
+        st = await trio.Path(local).stat()
         attrs = DirAttrs(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
 
         def change(current: dict[str, DirEntry]) -> DirAttrs:
@@ -168,7 +170,7 @@ class Tree:
     async def download(self, remote: str, local: Path, progress: Progress | None = None) -> int:
         """Copy the folder at `remote` into the local directory `local`; return files written."""
         cap, directory = await self.open_dir(remote)
-        Path(local).mkdir(parents=True, exist_ok=True)
+        await trio.Path(local).mkdir(parents=True, exist_ok=True)
         return await self._download_dir(cap, directory, Path(local), progress)
 
     async def _download_dir(
@@ -185,7 +187,7 @@ class Tree:
                 count += await self._download_dir(child, await self.volume.load_dir(child), target, progress)
             else:
                 data = await self.volume.read_all(entry.child, entry.size)
-                target.write_bytes(data)
+                await trio.Path(target).write_bytes(data)
                 count += 1
                 if progress:
                     progress(str(target), len(data))

@@ -219,9 +219,9 @@ class Volume:
         refs: list[ChunkRef] = []
         size = 0
         head = b""
-        with open(path, "rb") as f:
+        async with await trio.open_file(path, "rb") as f:
             while True:
-                piece = await trio.to_thread.run_sync(f.read, READ_PIECE)
+                piece = await f.read(READ_PIECE)
                 if not piece:
                     break
                 if size < INLINE_MAX + 1:
@@ -379,7 +379,7 @@ class Volume:
         return merge_all(opened), len(opened) > 1
 
     async def load_dir(self, cap: ReadCap | WriteCap, missing_ok: bool = False) -> Directory:
-        """A directory's verified entries (siblings merged); an absent slot is an empty directory only if `missing_ok`."""
+        """A directory's verified entries (siblings merged); an absent slot is empty only if `missing_ok`."""
         return (await self.load_folder(cap, missing_ok))[0]
 
     async def save_dir(
