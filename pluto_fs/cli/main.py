@@ -170,8 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", required=True, type=_size, metavar="SIZE", help="space to offer, e.g. 50G")
     p.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT", help="address to listen on")
     p.add_argument("--coordinator", type=_address, metavar="HOST:PORT", help="coordinator to register with")
-    p.add_argument("--advertise", type=_address, metavar="HOST:PORT", help="address clients should dial, if not --listen")
-    p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS", help="heartbeat interval (default 30)")
+    p.add_argument("--advertise", type=_address, metavar="HOST:PORT",
+                   help="address clients should dial, if not --listen")
+    p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="heartbeat interval (default 30)")
     p.add_argument("--client-quota", type=_size, metavar="SIZE", help="most one client may store (default: capacity)")
     p.add_argument("--owner", metavar="DEVICE_ID",
                    help="device id of the user whose storage this peer earns (see `pluto status`)")
@@ -182,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("coordinator", help="run the coordinator (peer registry, user directory, mailboxes)")
     p.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT", help="address to listen on")
     p.add_argument("--data", required=True, metavar="DIR", help="directory for the coordinator's state")
-    p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS", help="expected peer heartbeat interval")
+    p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="expected peer heartbeat interval")
     p.add_argument("--grace", type=_size, default=1 << 30, metavar="SIZE",
                    help="raw bytes a user may store before offering space of their own (default 1G)")
     p.add_argument("--audit-report-interval", type=_seconds, default=10.0, metavar="SECONDS",

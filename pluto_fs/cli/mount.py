@@ -24,7 +24,7 @@ from pluto_fs.volume.risk import PeerCounts, assess, at_risk
 from pluto_fs.writeback.journal_state import LocalChanges, read_local_changes
 
 if TYPE_CHECKING:
-    from pluto_fs.volume.health import PeerState
+    from pluto_fs.net.peer_states import PeerState
     from transport.coordinator.client import PeerRecord
 
 
@@ -147,7 +147,7 @@ def _duration(seconds: float) -> str:
 
 def _state_text(record: PeerRecord, state: PeerState, grace: float) -> str:
     """One peer's state as `pluto status` and `pluto peers` print it."""
-    from pluto_fs.volume.health import PeerState
+    from pluto_fs.net.peer_states import PeerState
 
     if state is PeerState.HEALTHY:
         return "healthy"
@@ -189,7 +189,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         peer_error = None
     except Exception as exc:  # the status must show even with the coordinator down
         records, allowance, peer_error = [], None, str(exc)
-    from pluto_fs.volume.health import PeerState, peer_state
+    from pluto_fs.net.peer_states import PeerState, peer_state
 
     grace = config.repair_grace
     states = {p.id: peer_state(p, grace) for p in records}
@@ -308,13 +308,13 @@ def cmd_peers(args: argparse.Namespace) -> int:
             return await CoordinatorClient.from_pool(pool, config.coordinator).list_peers()
 
     records = trio.run(run)
-    from pluto_fs.volume.health import peer_state
+    from pluto_fs.net.peer_states import peer_state
 
     states = {p.id: peer_state(p, config.repair_grace) for p in records}
     if args.json:
         print(json.dumps([{"id": p.id.hex(), "address": p.address, "state": states[p.id].value, "alive": p.alive,
-                           "offline_for": p.offline_for, "disqualified": p.disqualified, "member": p.member, "capacity": p.capacity,
-                           "free": p.free, "uptime": p.uptime, "reputation": p.reputation,
+                           "offline_for": p.offline_for, "disqualified": p.disqualified, "member": p.member,
+                           "capacity": p.capacity, "free": p.free, "uptime": p.uptime, "reputation": p.reputation,
                            "audits_ok": p.audits_ok, "audits_failed": p.audits_failed} for p in records], indent=2))
         return 0
     print(f"{'address':<22} {'state':<24} {'capacity':>10} {'free':>10} {'uptime':>7} {'rep':>5}  audits ok/failed")

@@ -249,7 +249,8 @@ def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: s
                         "with --repair, rebuild their fragments now")
     p.add_argument("--gc", action="store_true", help="delete packs that no file uses any more")
     p.add_argument("--gc-min-age", type=float, default=3600.0, metavar="SECONDS",
-                   help="only collect packs older than this (default 3600: a running mount may not have published them yet)")
+                   help="only collect packs older than this "
+                        "(default 3600: a running mount may not have published them yet)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--home", metavar="DIR", help=home_help)
     p.set_defaults(func=cmd_check)

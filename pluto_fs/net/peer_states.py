@@ -9,12 +9,12 @@ merely reboots or freezes).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 
 from transport.coordinator.client import PeerRecord
 
 
-class PeerState(str, Enum):
+class PeerState(StrEnum):
     """What a client makes of a storage peer when deciding on repair."""
 
     HEALTHY = "healthy"  # heartbeating: its fragments are audited and read

@@ -266,7 +266,7 @@ class PackStore:
             return lambda: self._segment(locator.record.writer, layout, peers, index)
 
         segments = await run_all([fetch(rng.index) for rng in ranges])
-        return b"".join(seg[rng.start : rng.stop] for seg, rng in zip(segments, ranges))
+        return b"".join(seg[rng.start : rng.stop] for seg, rng in zip(segments, ranges, strict=True))
 
     async def gather(
         self, layout: PackLayout, peers: tuple[bytes | None, ...], index: int, columns: Iterable[int]

@@ -21,7 +21,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS packs (writer BLOB PRIMARY KEY, nonce BLOB NOT NULL, read_key BLOB NOT NULL, created REAL NOT NULL);"
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS packs (writer BLOB PRIMARY KEY, nonce BLOB NOT NULL, read_key BLOB NOT NULL, "
+           "created REAL NOT NULL);")
 # 1 while the pack's record leaves a fragment column without a peer (docs/DATA_PATH.md,
 # "When a write counts as stored"): the mount places those columns, after a restart too.
 _ADD_SHORT = "ALTER TABLE packs ADD COLUMN short INTEGER NOT NULL DEFAULT 0"

@@ -257,7 +257,7 @@ class Doctor:
         if log_ is None:
             return 0
         collected = 0
-        for writer, nonce, read_key, created in log_.all():
+        for writer, _nonce, read_key, created in log_.all():
             if writer in referenced or time.time() - created < min_age:
                 continue
             try:
