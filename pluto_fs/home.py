@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cryptree.identity import UserKeys
 from pluto_fs.errors import HomeError
+from pluto_fs.store.packs import DEFAULT_HAPPY, DEFAULT_K, DEFAULT_N, happy_for
 from transport.protocol.dial import parse_address
 from transport.protocol.keys import load_or_create_key
 
@@ -37,9 +38,9 @@ class Config:
     """Settings kept in config.json."""
 
     coordinator: str = ""
-    k: int = 3
-    n: int = 5
-    happy: int = 4  # fragments of each segment that must be placed before data counts as stored
+    k: int = DEFAULT_K
+    n: int = DEFAULT_N
+    happy: int = DEFAULT_HAPPY  # fragments of each segment that must be placed before data counts as stored
     slot_replicas: int = 5
     request_timeout: float = 10.0
     audit_interval: float = 600.0  # seconds between background audit/repair rounds of a mount
@@ -74,6 +75,11 @@ class Config:
         if (isinstance(self.repair_grace, bool) or not isinstance(self.repair_grace, (int, float))
                 or not 0 <= self.repair_grace <= 365 * 86400):
             raise HomeError("config: repair_grace must be a number of seconds from 0 to 31536000 (365 days)")
+
+
+def code_config(coordinator: str, k: int = DEFAULT_K, n: int = DEFAULT_N) -> Config:
+    """The config of a new home: `coordinator`, a k-of-n code, and the happy count that goes with it."""
+    return Config(coordinator=coordinator, k=k, n=n, happy=happy_for(k, n))
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -24,7 +24,7 @@ from transport.protocol.dial import parse_address
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(Exception):
+class UsageError(PlutoError):
     """Bad input from the person at the keyboard: exit 2 with a one-line message."""
 
 
@@ -170,8 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", required=True, type=_size, metavar="SIZE", help="space to offer, e.g. 50G")
     p.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT", help="address to listen on")
     p.add_argument("--coordinator", type=_address, metavar="HOST:PORT", help="coordinator to register with")
-    p.add_argument("--advertise", type=_address, metavar="HOST:PORT", help="address clients should dial, if not --listen")
-    p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS", help="heartbeat interval (default 30)")
+    p.add_argument("--advertise", type=_address, metavar="HOST:PORT",
+                   help="address clients should dial, if not --listen")
+    p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="heartbeat interval (default 30)")
     p.add_argument("--client-quota", type=_size, metavar="SIZE", help="most one client may store (default: capacity)")
     p.add_argument("--owner", metavar="DEVICE_ID",
                    help="device id of the user whose storage this peer earns (see `pluto status`)")
@@ -182,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("coordinator", help="run the coordinator (peer registry, user directory, mailboxes)")
     p.add_argument("--listen", required=True, type=_listen_address, metavar="HOST:PORT", help="address to listen on")
     p.add_argument("--data", required=True, metavar="DIR", help="directory for the coordinator's state")
-    p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS", help="expected peer heartbeat interval")
+    p.add_argument("--heartbeat", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="expected peer heartbeat interval")
     p.add_argument("--grace", type=_size, default=1 << 30, metavar="SIZE",
                    help="raw bytes a user may store before offering space of their own (default 1G)")
     p.add_argument("--audit-report-interval", type=_seconds, default=10.0, metavar="SECONDS",
@@ -207,16 +210,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _single_leaf(group: BaseExceptionGroup) -> BaseException:
-    """The one real error inside nested task groups, so it gets its one-line message."""
-    leaves: list[BaseException] = []
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The errors inside nested task groups, each distinct one once (same type and message: once), in order."""
+    leaves: dict[tuple[type, str], BaseException] = {}
 
     def walk(g: BaseExceptionGroup) -> None:
         for exc in g.exceptions:
-            walk(exc) if isinstance(exc, BaseExceptionGroup) else leaves.append(exc)
+            if isinstance(exc, BaseExceptionGroup):
+                walk(exc)
+            else:
+                leaves.setdefault((type(exc), str(exc)), exc)
 
     walk(group)
-    return leaves[0] if leaves else group
+    return list(leaves.values())
+
+
+def _report(exc: Exception | KeyboardInterrupt) -> int:
+    """Print one line on stderr for `exc` (nothing for Ctrl-C) and return the exit code it stands for."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, (UsageError, HomeError)):
+        print(f"pluto: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, PlutoError):
+        print(f"pluto: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(exc, TransportError):
+        print(f"pluto: network error: {exc}; check that the coordinator and peers are running", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(exc, OSError):
+        print(f"pluto: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(exc, sqlite3.Error):  # a local database (pack log, journal) that cannot be used
+        print(f"pluto: a local database in the home failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    # A bug: still one line; the traceback with --log-level debug.
+    logging.getLogger("pluto").debug("unexpected error", exc_info=exc)
+    print(f"pluto: unexpected error (a bug, please report it): {type(exc).__name__}: {exc}; "
+          "run with --log-level debug for details", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _report_group(group: BaseExceptionGroup) -> int:
+    """One line per distinct error of a task group; the exit code of the first.
+
+    Concurrent work (uploads to several peers, several folders) fails in
+    several ways at once, and each way may need its own fix. Anything that
+    is not an error to report (SystemExit, a cancellation) goes on as it is.
+    """
+    leaves = _leaves(group)
+    for exc in leaves:
+        if not isinstance(exc, (Exception, KeyboardInterrupt)):
+            raise exc
+    codes = [_report(exc) for exc in leaves]  # type: ignore[arg-type]
+    return codes[0] if codes else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,33 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        try:
-            return args.func(args)
-        except BaseExceptionGroup as group:
-            raise _single_leaf(group) from None
-    except (UsageError, HomeError) as exc:
-        print(f"pluto: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except PlutoError as exc:
-        print(f"pluto: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except TransportError as exc:
-        print(f"pluto: network error: {exc}; check that the coordinator and peers are running", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
-    except OSError as exc:
-        print(f"pluto: {exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
-        return EXIT_FAILED
-    except sqlite3.Error as exc:  # a local database (pack log, journal) that cannot be used
-        print(f"pluto: a local database in the home failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as exc:  # a bug: still one line; the traceback with --log-level debug
-        logging.getLogger("pluto").debug("unexpected error", exc_info=exc)
-        print(f"pluto: unexpected error (a bug, please report it): {type(exc).__name__}: {exc}; "
-              "run with --log-level debug for details", file=sys.stderr)
-        return EXIT_FAILED
-
+        return args.func(args)
+    except BaseExceptionGroup as group:
+        return _report_group(group)
+    except (Exception, KeyboardInterrupt) as exc:
+        return _report(exc)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,14 +16,15 @@ import trio
 
 from pluto_fs import home_lock
 from pluto_fs.errors import HomeError, PlutoError
-from pluto_fs.home import Config, Home, home_path
+from pluto_fs.home import Home, code_config, home_path
 from pluto_fs.mount.run import MountOptions, is_mounted, pid_file, run_mount
+from pluto_fs.store.packs import DEFAULT_K, DEFAULT_N
 from pluto_fs.units import format_size
 from pluto_fs.volume.risk import PeerCounts, assess, at_risk
 from pluto_fs.writeback.journal_state import LocalChanges, read_local_changes
 
 if TYPE_CHECKING:
-    from pluto_fs.volume.health import PeerState
+    from pluto_fs.net.peer_states import PeerState
     from transport.coordinator.client import PeerRecord
 
 
@@ -146,7 +147,7 @@ def _duration(seconds: float) -> str:
 
 def _state_text(record: PeerRecord, state: PeerState, grace: float) -> str:
     """One peer's state as `pluto status` and `pluto peers` print it."""
-    from pluto_fs.volume.health import PeerState
+    from pluto_fs.net.peer_states import PeerState
 
     if state is PeerState.HEALTHY:
         return "healthy"
@@ -188,7 +189,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         peer_error = None
     except Exception as exc:  # the status must show even with the coordinator down
         records, allowance, peer_error = [], None, str(exc)
-    from pluto_fs.volume.health import PeerState, peer_state
+    from pluto_fs.net.peer_states import PeerState, peer_state
 
     grace = config.repair_grace
     states = {p.id: peer_state(p, grace) for p in records}
@@ -307,13 +308,13 @@ def cmd_peers(args: argparse.Namespace) -> int:
             return await CoordinatorClient.from_pool(pool, config.coordinator).list_peers()
 
     records = trio.run(run)
-    from pluto_fs.volume.health import peer_state
+    from pluto_fs.net.peer_states import peer_state
 
     states = {p.id: peer_state(p, config.repair_grace) for p in records}
     if args.json:
         print(json.dumps([{"id": p.id.hex(), "address": p.address, "state": states[p.id].value, "alive": p.alive,
-                           "offline_for": p.offline_for, "disqualified": p.disqualified, "member": p.member, "capacity": p.capacity,
-                           "free": p.free, "uptime": p.uptime, "reputation": p.reputation,
+                           "offline_for": p.offline_for, "disqualified": p.disqualified, "member": p.member,
+                           "capacity": p.capacity, "free": p.free, "uptime": p.uptime, "reputation": p.reputation,
                            "audits_ok": p.audits_ok, "audits_failed": p.audits_failed} for p in records], indent=2))
         return 0
     print(f"{'address':<22} {'state':<24} {'capacity':>10} {'free':>10} {'uptime':>7} {'rep':>5}  audits ok/failed")
@@ -339,7 +340,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Home) -> LocalChanges:
     from cryptree.identity import new_seed, seed_to_phrase
-    from pluto_fs.grid.localgrid import GridError, LocalGrid
+    from pluto_fs.grid.localgrid import GridError, LocalGrid, wait_for_peers
 
     # The grid runs in sessions of its own, so the terminal's Ctrl-C (SIGINT to the foreground
     # process group) reaches only this process: it uploads what is pending while the peers are
@@ -348,14 +349,14 @@ def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Hom
                      owner=home.device_id(), die_with_parent=True)
     try:
         grid.start()
-    except GridError as exc:
+    except GridError:
         grid.stop()
-        raise PlutoError(str(exc)) from None
+        raise
     try:
-        k, n = min(3, args.peers), min(5, args.peers)
+        k, n = min(DEFAULT_K, args.peers), min(DEFAULT_N, args.peers)
         if not home.exists():
             seed = new_seed()
-            home.create(seed, Config(coordinator=grid.coordinator.address, k=k, n=n, happy=min(n, k + 1)))
+            home.create(seed, code_config(grid.coordinator.address, k, n))
             print("created a new identity; its recovery phrase (shown once):")
             print("  " + seed_to_phrase(seed))
         else:
@@ -368,7 +369,7 @@ def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Hom
         opts = MountOptions(mountpoint, allow_other=args.allow_other, op_timeout=args.timeout)
 
         async def main() -> LocalChanges:
-            await _wait_for_peers(home, min(args.peers, n))
+            await wait_for_peers(home, min(args.peers, n))
             return await run_mount(home, opts)
 
         left = trio.run(main)
@@ -376,18 +377,6 @@ def _run_demo(args: argparse.Namespace, state: Path, mountpoint: Path, home: Hom
         return left
     finally:
         grid.stop()
-
-
-async def _wait_for_peers(home: Home, want: int) -> None:
-    from transport.coordinator.client import CoordinatorClient
-    from transport.protocol.pool import open_pool
-
-    config = home.config()
-    async with open_pool(home.device_key()) as pool:
-        coordinator = CoordinatorClient.from_pool(pool, config.coordinator)
-        with trio.move_on_after(30):
-            while len(await coordinator.find_peers(want)) < want:
-                await trio.sleep(0.2)
 
 
 def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: str) -> None:
@@ -416,7 +405,7 @@ def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: s
     p.set_defaults(func=cmd_peers)
     p = sub.add_parser("demo", help="run a local grid (coordinator + peers) and mount it, all on 127.0.0.1")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--peers", type=int, default=5, help="storage peers to start (default 5)")
+    p.add_argument("--peers", type=int, default=DEFAULT_N, help=f"storage peers to start (default {DEFAULT_N})")
     p.add_argument("--capacity", default="2G", metavar="SIZE", help="capacity of each peer (default 2G)")
     p.add_argument("--state", default=str(Path.home() / ".pluto-demo"), metavar="DIR",
                    help="where the demo keeps its grid and identity (default ~/.pluto-demo)")

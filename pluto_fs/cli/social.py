@@ -209,7 +209,8 @@ def add_commands(sub: argparse._SubParsersAction, home_help: str) -> None:
         return p
 
     cmd("register", cmd_register, "claim a username so others can follow you", "username")
-    cmd("follow", cmd_follow, "ask to follow a user (a sealed request; the coordinator does not learn who asks)", "user")
+    cmd("follow", cmd_follow, "ask to follow a user (a sealed request; the coordinator does not learn who asks)",
+        "user")
     cmd("requests", cmd_requests, "read your mailbox: follow requests and shares given to you")
     cmd("accept", cmd_accept, "accept a follow request", "user")
     cmd("reject", cmd_reject, "reject a follow request", "user")

@@ -15,7 +15,8 @@ from cryptree.errors import PhraseError
 from cryptree.identity import new_seed, phrase_to_seed, seed_to_phrase
 from pluto_fs import home_lock
 from pluto_fs.errors import HomeError, NotEnoughPeers, PlutoError
-from pluto_fs.home import Config, Home, home_path
+from pluto_fs.home import Home, code_config, home_path
+from pluto_fs.store.packs import DEFAULT_K, DEFAULT_N
 from pluto_fs.units import format_size
 from pluto_fs.volume.social import SocialState, fetch_backup
 from pluto_fs.volume.tree import Tree
@@ -56,7 +57,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     home = _home(args)
     seed = new_seed()
     with home_lock.hold(home, "init"):
-        home.create(seed, Config(coordinator=args.coordinator, k=args.k, n=args.n, happy=min(args.n, args.k + 1)))
+        home.create(seed, code_config(args.coordinator, args.k, args.n))
     print(f"Created a new pluto identity in {home.path}.")
     print("Your recovery phrase (24 words). Write it down and keep it safe: it is shown only this once,")
     print("and it is the only way to get your files back on a new machine.\n")
@@ -86,7 +87,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _restore(home: Home, seed: bytes, args: argparse.Namespace) -> int:
-    home.create(seed, Config(coordinator=args.coordinator, k=args.k, n=args.n, happy=min(args.n, args.k + 1)))
+    home.create(seed, code_config(args.coordinator, args.k, args.n))
 
     async def check() -> tuple[int, SocialState | None]:
         async with open_volume(home) as vol:
@@ -227,8 +228,8 @@ def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: s
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--home", metavar="DIR", help=home_help)
         p.add_argument("--coordinator", required=True, type=coordinator_type, metavar="HOST:PORT")
-        p.add_argument("--k", type=int, default=3, help="fragments needed to read (default 3)")
-        p.add_argument("--n", type=int, default=5, help="fragments stored per segment (default 5)")
+        p.add_argument("--k", type=int, default=DEFAULT_K, help=f"fragments needed to read (default {DEFAULT_K})")
+        p.add_argument("--n", type=int, default=DEFAULT_N, help=f"fragments stored per segment (default {DEFAULT_N})")
         p.set_defaults(func=fn)
     p = sub.add_parser("put", help="copy a local folder into your pluto volume")
     p.add_argument("local", metavar="LOCAL_DIR")
@@ -248,7 +249,8 @@ def add_commands(sub: argparse._SubParsersAction, coordinator_type, home_help: s
                         "with --repair, rebuild their fragments now")
     p.add_argument("--gc", action="store_true", help="delete packs that no file uses any more")
     p.add_argument("--gc-min-age", type=float, default=3600.0, metavar="SECONDS",
-                   help="only collect packs older than this (default 3600: a running mount may not have published them yet)")
+                   help="only collect packs older than this "
+                        "(default 3600: a running mount may not have published them yet)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--home", metavar="DIR", help=home_help)
     p.set_defaults(func=cmd_check)

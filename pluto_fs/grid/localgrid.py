@@ -23,11 +23,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pluto_fs.errors import PlutoError
+from pluto_fs.store.packs import DEFAULT_N
+
+if TYPE_CHECKING:
+    from pluto_fs.home import Home
 
 _LISTENING = re.compile(r"listening on (\S+?):(\d+)")
 
 
-class GridError(RuntimeError):
+class GridError(PlutoError, RuntimeError):
     """A grid process did not start."""
 
 
@@ -57,7 +64,7 @@ class GridProcess:
         """Start the process without waiting for it (see `wait_listening`): several start at once."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=_child_env(),
+            self.argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=child_env(),
             start_new_session=True, preexec_fn=_parent_death_signal() if self.die_with_parent else None,
         )
         log.close()
@@ -127,16 +134,33 @@ def _parent_death_signal():
     return arm
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment for a pluto subprocess: this checkout first on PYTHONPATH."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the checkout that holds pluto_fs/
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
-def child_env() -> dict[str, str]:
-    """The environment for a pluto subprocess: this checkout first on PYTHONPATH."""
-    return _child_env()
+async def wait_for_peers(home: Home, want: int, timeout: float = 30.0) -> None:
+    """Until the coordinator offers `want` storage peers for placement to `home`, or `timeout` seconds pass.
+
+    A grid just started has peers still registering; a mount that uploaded
+    at once would find too few and report data as not stored.
+    """
+    import trio
+
+    from transport.coordinator.client import CoordinatorClient
+    from transport.protocol.pool import open_pool
+
+    config = home.config()
+    async with open_pool(home.device_key()) as pool:
+        coordinator = CoordinatorClient.from_pool(pool, config.coordinator)
+        with trio.move_on_after(timeout):
+            while True:  # polled: the coordinator does not tell anyone when a peer registers
+                if len(await coordinator.find_peers(want)) >= want:
+                    return
+                await trio.sleep(0.2)
 
 
 def _pluto(*args: str) -> list[str]:
@@ -148,7 +172,7 @@ class LocalGrid:
     """A coordinator and N storage peers under one directory."""
 
     root: Path
-    peers: int = 5
+    peers: int = DEFAULT_N  # one per fragment of the default code
     capacity: str = "2G"
     heartbeat: float = 1.0
     log_level: str = "info"
@@ -263,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m pluto_fs.grid.localgrid", description=main.__doc__)
     parser.add_argument("--root", type=Path, help="state directory (default: a new temporary one)")
-    parser.add_argument("--peers", type=int, default=5, help="number of storage peers (default 5)")
+    parser.add_argument("--peers", type=int, default=DEFAULT_N,
+                        help=f"number of storage peers (default {DEFAULT_N}: one per fragment of the default code)")
     args = parser.parse_args(argv)
     if not 1 <= args.peers <= 64:
         print("localgrid: --peers must be from 1 to 64", file=sys.stderr)

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptree.identity import new_seed
-from pluto_fs.grid.localgrid import LocalGrid, _child_env
+from pluto_fs.grid.localgrid import LocalGrid, child_env, wait_for_peers
 from pluto_fs.home import Config, Home
 from pluto_fs.mount.run import is_mounted
+from pluto_fs.store.packs import DEFAULT_N
 
 
 @dataclass
@@ -42,7 +43,7 @@ class MountedVolume:
         argv = [sys.executable, "-m", "pluto_fs.cli.main", "--log-level", "info", "mount", "-f", str(self.path),
                 "--home", str(self.home.path), "--allow-other", "--timeout", str(self.timeout)]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_child_env())
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_env())
         deadline = time.monotonic() + wait
         while not is_mounted(self.path):
             if self.proc.poll() is not None:
@@ -115,7 +116,7 @@ class MountedVolume:
             self.grid.stop()
 
 
-def start_mounted_volume(root: Path, peers: int = 5, timeout: float = 30.0, own_peers: bool = True,
+def start_mounted_volume(root: Path, peers: int = DEFAULT_N, timeout: float = 30.0, own_peers: bool = True,
                          grace: str = "1G", capacity: str = "4G") -> MountedVolume:
     """Grid + fresh identity + mount, ready for use.
 
@@ -130,7 +131,7 @@ def start_mounted_volume(root: Path, peers: int = 5, timeout: float = 30.0, own_
     grid.start()
     try:
         home.create(new_seed(), Config(coordinator=grid.coordinator.address))
-        _wait_for_placement(home, peers)
+        wait_for_placement(home, peers)
         # The mountpoint sits outside `root` in a world-traversable directory, so tests that
         # switch to another uid (permission checks through allow_other) can reach it.
         import tempfile
@@ -147,15 +148,9 @@ def start_mounted_volume(root: Path, peers: int = 5, timeout: float = 30.0, own_
 
 def wait_for_placement(home: Home, want: int) -> None:
     """Until the coordinator offers `want` peers for placement to `home` (at most 30 s)."""
-    _wait_for_placement(home, want)
-
-
-def _wait_for_placement(home: Home, want: int) -> None:
     import trio
 
-    from pluto_fs.cli.mount import _wait_for_peers
-
-    trio.run(_wait_for_peers, home, want)
+    trio.run(wait_for_peers, home, want)
 
 
 def abort_fuse_connection(mountpoint: Path) -> bool:

@@ -6,7 +6,10 @@ each handler is wrapped: expected failures map to their errno (QuotaExceeded
 to ENOSPC, a timeout to ETIMEDOUT, network and peer errors to EIO, OSError to
 its own errno, a journal that cannot record the change to EIO); a group of
 such errors (concurrent work inside one operation) maps like its first; and
-anything else is a bug: EIO and one log line with its traceback.
+anything else is a bug: EIO and one log line with its traceback. That last
+clause never raises itself, so no exception from a handler reaches pyfuse3
+(tests/pluto_fs/mount/test_fuse_errors.py calls every handler of the mount
+with a broken model to check it).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def fuse_errors(fn: Callable[..., Awaitable[T]], bounded: bool = True, local: bool = False) -> Callable[..., Awaitable[T]]:
+def fuse_errors(
+    fn: Callable[..., Awaitable[T]], bounded: bool = True, local: bool = False
+) -> Callable[..., Awaitable[T]]:
     """Turn every failure into an errno for the kernel (and a log line for people).
 
     `bounded` operations fail after the mount's --timeout as a whole. fsync
@@ -74,23 +79,37 @@ def fuse_errors(fn: Callable[..., Awaitable[T]], bounded: bool = True, local: bo
 
 
 def _errno_of_unexpected(op: str, exc: Exception) -> int:
-    """The errno for an error `fuse_errors` has no clause for: a group's errors, or a bug (EIO)."""
-    leaves = leaf_errors(exc)
-    if isinstance(exc, BaseExceptionGroup) and leaves and all(isinstance(e, EXPECTED) for e in leaves):
-        # Concurrent work inside the operation failed (a nursery's group of ordinary errors).
-        first = leaves[0]
-        if isinstance(first, QuotaExceeded):
-            code = errno.ENOSPC
-        elif isinstance(first, trio.TooSlowError):
-            code = errno.ETIMEDOUT
-        elif isinstance(first, OSError) and first.errno:
-            code = first.errno
-        else:
-            code = errno.EIO
-        log.warning("%s failed: %s", op, describe(leaves))
+    """The errno for an error `fuse_errors` has no clause for: a group's errors, or a bug (EIO).
+
+    It never raises: it is the last thing between a handler and pyfuse3, so
+    even an error that cannot be described (its `str()` fails) is EIO.
+    """
+    try:
+        code = _errno_of_group(op, exc)
+    except Exception:  # describing the error failed: a bug all the same
+        code = None
+    if code is not None:
         return code
     log.error("%s failed unexpectedly (a bug, please report it); answered EIO", op, exc_info=exc)
     return errno.EIO
+
+
+def _errno_of_group(op: str, exc: Exception) -> int | None:
+    """The errno of a group of ordinary errors (concurrent work inside the operation): its first one's; else None."""
+    leaves = leaf_errors(exc)
+    if not (isinstance(exc, BaseExceptionGroup) and leaves and all(isinstance(e, EXPECTED) for e in leaves)):
+        return None
+    first = leaves[0]
+    if isinstance(first, QuotaExceeded):
+        code = errno.ENOSPC
+    elif isinstance(first, trio.TooSlowError):
+        code = errno.ETIMEDOUT
+    elif isinstance(first, OSError) and first.errno:
+        code = first.errno
+    else:
+        code = errno.EIO
+    log.warning("%s failed: %s", op, describe(leaves))
+    return code
 
 
 def never_raises(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:

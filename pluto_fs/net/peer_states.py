@@ -9,12 +9,12 @@ merely reboots or freezes).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 
 from transport.coordinator.client import PeerRecord
 
 
-class PeerState(str, Enum):
+class PeerState(StrEnum):
     """What a client makes of a storage peer when deciding on repair."""
 
     HEALTHY = "healthy"  # heartbeating: its fragments are audited and read
@@ -32,8 +32,8 @@ def peer_state(record: PeerRecord | None, grace: float) -> PeerState:
         return PeerState.LOST
     if record.alive:
         return PeerState.HEALTHY
-    # No offline_for (an older coordinator) means "silent for an unknown time": treated as lost,
-    # which is the behaviour from before the grace period existed.
+    # No offline_for (a coordinator that does not report it) means "silent for an unknown time":
+    # treated as lost, the safe side, since the grace cannot be measured.
     if record.offline_for is not None and record.offline_for < grace:
         return PeerState.OFFLINE
     return PeerState.LOST

@@ -1,10 +1,10 @@
 """Run calls to several peers at once, and stop waiting for stragglers once enough answered.
 
 A frozen or black-holed peer never fails, it only stays silent; waiting for
-every replica made each slot read and write cost the full transport timeout
-while one peer was frozen. A majority settles a slot (writes land on a
-majority, so a majority of answers includes the newest version); the others
-get a grace of twice the time the majority took (within bounds), so a
+every replica would make each slot read and write cost the full transport
+timeout whenever one peer is frozen. A majority settles a slot (writes land
+on a majority, so a majority of answers includes the newest version); the
+others get a grace of twice the time the majority took (within bounds), so a
 healthy but slower replica is still heard without a frozen one costing more
 than that. Pack uploads use the same rule with `happy` columns as "enough"
 and a longer grace (a column is megabytes, not a slot).

@@ -26,16 +26,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Union
 
 import zfec
 
+from pluto_fs.errors import PlutoError
+
 MAX_SHARES = 256  # GF(2^8) has 256 evaluation points: zfec's hard limit on n
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 
-class ErasureError(Exception):
+class ErasureError(PlutoError):
     """Base class of every error raised by this module."""
 
 

@@ -28,7 +28,7 @@ import trio
 from cryptree.caps import ReadCap
 from cryptree.errors import CryptreeError
 from cryptree.packrecord import Locator, PackRecord, open_pack_record, pack_write_cap, seal_pack_record
-from pluto_fs.errors import NotEnoughPeers, QuotaExceeded
+from pluto_fs.errors import DamagedFragment, NotEnoughPeers, QuotaExceeded
 from pluto_fs.net.network import Network
 from pluto_fs.net.quorum import run_until_enough
 from pluto_fs.net.run_all import run_all
@@ -37,7 +37,15 @@ from pluto_fs.store.erasure import decode_segment
 from pluto_fs.store.fetch_cache import FetchCache
 from pluto_fs.store.fetch_order import FetchOrder
 from pluto_fs.store.pack_log import PackLog
-from pluto_fs.store.packs import LayoutError, PackLayout, encode_pack, read_range
+from pluto_fs.store.packs import (
+    DEFAULT_HAPPY,
+    DEFAULT_K,
+    DEFAULT_N,
+    LayoutError,
+    PackLayout,
+    encode_pack,
+    read_range,
+)
 from transport.errors import RemoteError, TransportError
 
 log = logging.getLogger(__name__)
@@ -69,13 +77,13 @@ class PackStore:
     net: Network
     slots: SlotReplicas
     pack_key: bytes
-    k: int = 3
-    n: int = 5
-    happy: int = 4
+    k: int = DEFAULT_K
+    n: int = DEFAULT_N
+    happy: int = DEFAULT_HAPPY
     segment_size: int = 1 << 20
-    # Small on purpose: decoded chunks are cached above (Volume._chunks), so this
-    # only has to keep a segment between the two chunks that straddle it. At 64 MiB it
-    # held a second copy of everything read (≈ 60 MiB of the mount's RSS after a read).
+    # Small on purpose: decoded chunks are cached above (`Volume.chunk`), so this only has
+    # to keep a segment between the two chunks that straddle it; a cache as large as the
+    # chunk cache would hold a second copy of everything read in the mount's memory.
     segment_cache_bytes: int = 16 << 20
     stats: TransferStats = field(default_factory=TransferStats)
     log: PackLog | None = None
@@ -137,7 +145,7 @@ class PackStore:
                 tried.add(peer)
 
         # Once `happy` columns are placed the pack is safe; a silent peer then gets a grace, not
-        # the request timeout (fsync with 1 of 5 peers frozen waited the full 10 s before).
+        # the request timeout, so one frozen peer does not make every fsync wait out the timeout.
         await run_until_enough([partial(place_column, i) for i in range(self.n)],
                                lambda: sum(placed) >= self.happy, UPLOAD_MIN_GRACE, UPLOAD_MAX_GRACE)
         if sum(placed) < self.happy and refusals:
@@ -151,8 +159,9 @@ class PackStore:
             self.stats.columns_short += self.n - sum(placed)
             log.info("pack stored with %d of %d fragment columns; the rest are placed as soon as a peer is free",
                      sum(placed), self.n)
-        # Only what a peer acknowledged is recorded: a column cut off or failed everywhere is None,
-        # not a peer that never got it (that made the grace count it healthy, and named a peer twice).
+        # Only what a peer acknowledged is recorded: a column cut off or failed everywhere is None.
+        # Naming a peer that never got it would make the grace count the column healthy, and could
+        # name one peer for two columns.
         peers = tuple(columns[i] if placed[i] else None for i in range(self.n))
         record = await self.publish_record(nonce, 1, layout, peers)
         self.stats.packs_uploaded += 1
@@ -201,9 +210,10 @@ class PackStore:
     async def _put_column(self, client, layout: PackLayout, fragments: list[list[bytes]], i: int) -> None:
         """Send column `i` of every segment to one peer, a few requests in flight at once.
 
-        One at a time, each fragment waited a full round trip plus the peer's
-        fsync before the next left: about 30 ms per 350 KB fragment, which
-        capped a pack's upload whatever the bandwidth. The first failure stops
+        Several at once because, one at a time, each fragment would wait a full
+        round trip plus the peer's fsync before the next left (about 30 ms per
+        350 KB fragment on loopback): that caps a pack's upload whatever the
+        bandwidth. The first failure stops
         the column (the caller moves it to another peer).
         """
 
@@ -256,7 +266,7 @@ class PackStore:
             return lambda: self._segment(locator.record.writer, layout, peers, index)
 
         segments = await run_all([fetch(rng.index) for rng in ranges])
-        return b"".join(seg[rng.start : rng.stop] for seg, rng in zip(segments, ranges))
+        return b"".join(seg[rng.start : rng.stop] for seg, rng in zip(segments, ranges, strict=True))
 
     async def gather(
         self, layout: PackLayout, peers: tuple[bytes | None, ...], index: int, columns: Iterable[int]
@@ -290,12 +300,12 @@ class PackStore:
                     client = await self.net.client(peers[col])
                     data = await client.get_fragment(seg.fragment_ids[col], verify=True)
                     if len(data) != layout.fragment_length(index):
-                        raise RemoteError("corrupt", "fragment has the wrong length")
-                except (TransportError, NotEnoughPeers) as exc:
+                        raise DamagedFragment("the fragment has the wrong length for its pack")
+                except (TransportError, NotEnoughPeers, DamagedFragment) as exc:
                     del waiting[col]
                     errors.append(f"fragment {col}: {exc}")
                     self.fetch_order.troubled(peers[col])
-                    if isinstance(exc, RemoteError) and exc.code == "corrupt":
+                    if _failed_verification(exc):
                         nursery.start_soon(self.report, peers[col], False)
                     launch_next()
                     return
@@ -341,3 +351,12 @@ class PackStore:
     async def _fetch_segment(self, layout: PackLayout, peers: tuple[bytes | None, ...], index: int) -> bytes:
         got = await self.gather(layout, peers, index, range(layout.n))
         return await trio.to_thread.run_sync(decode_segment, got, layout.k, layout.n, layout.segments[index].length)
+
+
+def _failed_verification(exc: BaseException) -> bool:
+    """The peer sent a fragment that failed a check made here: held against the peer, unlike a mere failure.
+
+    The transport client refuses a fragment that does not match its id with
+    the code "corrupt" (transport/peer/client.py `get_fragment`).
+    """
+    return isinstance(exc, DamagedFragment) or (isinstance(exc, RemoteError) and exc.code == "corrupt")

@@ -7,8 +7,8 @@ but never loses data.
 
 A row that cannot be written (the local disk is full: sqlite3.OperationalError)
 is kept in memory and written with the next one, or at close; the upload it
-records has succeeded, so it must not fail because of the log. Before, the
-error escaped into the volume's nursery and ended the mount.
+records has succeeded, so it must not fail because of the log (an error
+escaping into the volume's nursery would end the mount).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS packs (writer BLOB PRIMARY KEY, nonce BLOB NOT NULL, read_key BLOB NOT NULL, created REAL NOT NULL);"
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS packs (writer BLOB PRIMARY KEY, nonce BLOB NOT NULL, read_key BLOB NOT NULL, "
+           "created REAL NOT NULL);")
 # 1 while the pack's record leaves a fragment column without a peer (docs/DATA_PATH.md,
 # "When a write counts as stored"): the mount places those columns, after a restart too.
 _ADD_SHORT = "ALTER TABLE packs ADD COLUMN short INTEGER NOT NULL DEFAULT 0"

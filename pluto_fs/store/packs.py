@@ -37,6 +37,7 @@ from typing import Any
 import blake3
 
 from cryptree.merkle import HASH_SIZE, merkle_root
+from pluto_fs.errors import PlutoError
 from pluto_fs.store.erasure import (
     Buffer,
     ErasureError,
@@ -53,6 +54,8 @@ MiB = 1024 * KiB
 
 DEFAULT_PACK_SIZE = 8 * MiB
 DEFAULT_SEGMENT_SIZE = 1 * MiB
+# The erasure code a new home gets unless `pluto init --k/--n` says otherwise (3-of-5: the demo
+# grid's size; docs/SIMULATION.md has what wider codes buy on a real grid).
 DEFAULT_K = 3
 DEFAULT_N = 5
 
@@ -69,7 +72,20 @@ _PACK_ID_CONTEXT = "pluto 2025 pack id v1"
 Locator = tuple[int, int]  # (offset, length) of a sealed chunk inside its pack
 
 
-class PackError(Exception):
+def happy_for(k: int, n: int) -> int:
+    """Fragment columns that must be placed before a pack counts as stored, for a k-of-n code.
+
+    k + 1 (at most n): the pack is readable from the moment it is acknowledged
+    even if one of its peers then goes away; the columns still missing are
+    placed later (pluto_fs/volume/short_packs.py).
+    """
+    return min(n, k + 1)
+
+
+DEFAULT_HAPPY = happy_for(DEFAULT_K, DEFAULT_N)
+
+
+class PackError(PlutoError):
     """Base class of every error raised by this module."""
 
 

@@ -45,7 +45,7 @@ from pluto_fs.errors import NotEnoughPeers, PlutoError
 from pluto_fs.net.peer_states import PeerState, peer_state, peer_states  # noqa: F401 (re-exported: callers import them from here)
 from pluto_fs.store.packs import PackLayout
 from pluto_fs.volume.repair import RepairResult, repair_pack
-from pluto_fs.volume.tree import Tree
+from pluto_fs.volume.tree import child_cap
 from pluto_fs.volume.volume import Volume
 from transport.errors import RequestTimeout, TransportError
 
@@ -66,7 +66,8 @@ class PackHealth:
     healthy: list[bool]  # the peer is up and proved it holds the column's fragments
     offline: list[bool] = field(default_factory=list)  # the peer is within the grace: not asked, expected back
     # No peer holds the column: None in the record (no peer acknowledged it), or a peer already
-    # named for an earlier column (older clients did that). Neither healthy nor offline.
+    # named for an earlier column (v1 records may do that: cryptree/packrecord.py). Neither
+    # healthy nor offline.
     missing: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -148,7 +149,6 @@ class Inventory:
 async def inventory(volume: Volume, root: WriteCap | ReadCap) -> Inventory:
     """Walk the tree under `root` and collect every folder and every pack its files use."""
     inv = Inventory()
-    tree = Tree(volume, root)
     stack: list[tuple[WriteCap | ReadCap, str]] = [(root, "")]
     while stack:
         cap, path = stack.pop()
@@ -156,7 +156,7 @@ async def inventory(volume: Volume, root: WriteCap | ReadCap) -> Inventory:
         directory = await volume.load_dir(cap, missing_ok=cap is root)
         for entry in directory.entries:
             if isinstance(entry.child, DirLink):
-                stack.append((tree._child_cap(cap, entry), f"{path}/{entry.name}"))
+                stack.append((child_cap(cap, entry), f"{path}/{entry.name}"))
             elif isinstance(entry.child, FileRef):
                 inv.files += 1
                 await _collect_file(volume, entry.child, entry.size, inv, f"{path}/{entry.name}")
@@ -164,20 +164,11 @@ async def inventory(volume: Volume, root: WriteCap | ReadCap) -> Inventory:
 
 
 async def _collect_file(volume: Volume, ref: FileRef, size: int, inv: Inventory, path: str) -> None:
-    manifest = ref.open(size)
-    levels = 0
-    while True:
+    for manifest in await volume.manifest_levels(ref, size):
         for chunk in manifest.chunks:
             loc = Locator.decode(chunk.locator)
             inv.packs.setdefault(loc.record.writer, loc)
             inv.used_by.setdefault(loc.record.writer, path)
-        if not manifest.indirect or levels > 3:
-            return
-        from cryptree.filenode import decode_manifest
-
-        inner = b"".join([await volume._chunk(c) for c in manifest.chunks])
-        manifest = decode_manifest(inner)
-        levels += 1
 
 
 class Doctor:
@@ -195,8 +186,8 @@ class Doctor:
         """Challenge every fragment column of a pack once (with containment on timeouts)."""
         seq, layout, peers = await self.packs.fetch_record(loc.record)
         records = await self.net.peers(refresh=True)
-        # A peer counts for one column only: a later column naming it again (older clients named
-        # a peer twice for a column it never got) is missing, not challenged, not held against it.
+        # A peer counts for one column only: a later column naming it again (a v1 record may name a
+        # peer twice, for a column it never got) is missing, not challenged, not held against it.
         first: dict[bytes, int] = {}
         for col, pid in enumerate(peers):
             if pid is not None:
@@ -266,7 +257,7 @@ class Doctor:
         if log_ is None:
             return 0
         collected = 0
-        for writer, nonce, read_key, created in log_.all():
+        for writer, _nonce, read_key, created in log_.all():
             if writer in referenced or time.time() - created < min_age:
                 continue
             try:
@@ -319,7 +310,7 @@ async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = Fals
             progress(f"auditing pack {i + 1}/{len(chosen)}")
         try:
             health = await doctor.audit(loc, report)
-        except (NotEnoughPeers, PlutoError) as exc:
+        except PlutoError as exc:
             report.packs_unreadable += 1
             report.problems.append(str(exc))
             continue
@@ -337,7 +328,7 @@ async def check(volume: Volume, root: WriteCap | ReadCap, *, repair: bool = Fals
             if repair and columns:
                 try:
                     result = await doctor.repair(health, columns)
-                except (NotEnoughPeers, PlutoError, TransportError) as exc:
+                except (PlutoError, TransportError) as exc:
                     result = RepairResult(unplaced={col: str(exc) for col in columns})
                 report.fragments_rebuilt += result.rebuilt
                 if not result.complete:

@@ -102,7 +102,7 @@ async def repair_pack(volume: Volume, health: PackHealth, columns: list[int]) ->
                 break
             wanted = sorted(clients)
             try:
-                fresh = await trio.to_thread.run_sync(lambda: rebuild_fragments(layout, index, frags, wanted))
+                fresh = await trio.to_thread.run_sync(rebuild_fragments, layout, index, frags, wanted)
             except LayoutError as exc:  # never hand a peer a fragment that is not the lost one
                 for col in clients:
                     result.unplaced[col] = f"the rebuilt fragments do not match the pack record: {exc}"
@@ -134,7 +134,7 @@ async def _choose_peers(volume: Volume, peers: tuple[bytes | None, ...], columns
     ordered = sorted(columns, key=lambda c: c in takes_back)
     exclude = placed | set(former.values())
     spares = await volume.net.find_peers(len(columns), exclude=list(exclude))
-    assign = {col: spare.id for col, spare in zip(ordered, spares)}
+    assign = {col: spare.id for col, spare in zip(ordered, spares)}  # noqa: B905 (fewer spares than columns: fine)
     for col in takes_back - set(assign):
         assign[col] = former[col]
     return assign

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
+
 from cryptree.caps import ReadCap, WriteCap
 from cryptree.dirnode import (
     DirAttrs,
@@ -46,18 +48,25 @@ def split_path(path: str) -> list[str]:
     return parts
 
 
+def child_cap(parent: WriteCap | ReadCap, entry: DirEntry) -> WriteCap | ReadCap:
+    """The capability for the sub-folder `entry` of the folder opened with `parent`.
+
+    Write access to the parent unwraps the child's write key when the link
+    carries one (cryptree/dirnode.py `child_write_cap`); otherwise, and for
+    a read-only parent, the link's read cap.
+    """
+    assert isinstance(entry.child, DirLink)
+    if isinstance(parent, WriteCap) and entry.child.wrapped_writer is not None:
+        return child_write_cap(parent, entry)
+    return entry.child.cap
+
+
 @dataclass
 class Tree:
     """A directory tree seen through one capability (the user's root, or a shared folder)."""
 
     volume: Volume
     root: WriteCap | ReadCap
-
-    def _child_cap(self, parent: WriteCap | ReadCap, entry: DirEntry) -> WriteCap | ReadCap:
-        assert isinstance(entry.child, DirLink)
-        if isinstance(parent, WriteCap) and entry.child.wrapped_writer is not None:
-            return child_write_cap(parent, entry)
-        return entry.child.cap
 
     async def open_dir(self, path: str) -> tuple[WriteCap | ReadCap, Directory]:
         """The capability and contents of the directory at `path`."""
@@ -71,7 +80,7 @@ class Tree:
                 raise NotFound(f"{walked}: no such file or directory")
             if entry.kind != "dir":
                 raise NotFound(f"{walked}: not a directory")
-            cap = self._child_cap(cap, entry)
+            cap = child_cap(cap, entry)
             directory = await self.volume.load_dir(cap)
         return cap, directory
 
@@ -126,7 +135,7 @@ class Tree:
                 mine[name] = DirEntry(name, Symlink(target), size=len(target), **common)
             elif stat.S_ISDIR(st.st_mode):
                 if old is not None and old.kind == "dir":
-                    child = self._child_cap(cap, old)
+                    child = child_cap(cap, old)
                     if not isinstance(child, WriteCap):
                         raise PlutoError(f"{item.path}: the folder there is read-only for you")
                     child_dir = await self.volume.load_dir(child)
@@ -135,7 +144,7 @@ class Tree:
                 count += await self._upload_dir(Path(item.path), child, child_dir, progress, mark)
                 mine[name] = DirEntry(name, link_child(cap, child), size=0, **common)
             elif stat.S_ISREG(st.st_mode):
-                data = Path(item.path).read_bytes()
+                data = await trio.Path(item.path).read_bytes()
                 previous = None
                 if old is not None and isinstance(old.child, FileRef):
                     previous = await self.volume.manifest(old.child, old.size)
@@ -146,7 +155,7 @@ class Tree:
                     progress(item.path, len(data))
             else:
                 log.warning("skipping %s: only files, folders and symlinks are stored", item.path)
-        st = local.stat()
+        st = await trio.Path(local).stat()
         attrs = DirAttrs(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
 
         def change(current: dict[str, DirEntry]) -> DirAttrs:
@@ -161,7 +170,7 @@ class Tree:
     async def download(self, remote: str, local: Path, progress: Progress | None = None) -> int:
         """Copy the folder at `remote` into the local directory `local`; return files written."""
         cap, directory = await self.open_dir(remote)
-        Path(local).mkdir(parents=True, exist_ok=True)
+        await trio.Path(local).mkdir(parents=True, exist_ok=True)
         return await self._download_dir(cap, directory, Path(local), progress)
 
     async def _download_dir(
@@ -173,12 +182,12 @@ class Tree:
             if isinstance(entry.child, Symlink):
                 os.symlink(entry.child.target, os.fsencode(target))
             elif isinstance(entry.child, DirLink):
-                child = self._child_cap(cap, entry)
+                child = child_cap(cap, entry)
                 target.mkdir(exist_ok=True)
                 count += await self._download_dir(child, await self.volume.load_dir(child), target, progress)
             else:
                 data = await self.volume.read_all(entry.child, entry.size)
-                target.write_bytes(data)
+                await trio.Path(target).write_bytes(data)
                 count += 1
                 if progress:
                     progress(str(target), len(data))

@@ -43,7 +43,7 @@ from cryptree.filenode import (
 )
 from cryptree.identity import UserKeys
 from cryptree.packrecord import NONCE_SIZE, Locator, pack_write_cap
-from pluto_fs.errors import ConflictError, NotEnoughPeers, PlutoError
+from pluto_fs.errors import ConflictError, DamagedError, NotEnoughPeers, PlutoError
 from pluto_fs.home import Home
 from pluto_fs.net.network import Network
 from pluto_fs.net.slot_replicas import SlotReplicas
@@ -64,10 +64,6 @@ READ_AHEAD_BYTES = 6 << 20  # fetched ahead of a sequential reader
 READ_AHEAD_TASKS = 4  # chunks fetched ahead at once
 READ_AHEAD_FILES = 64  # files whose last read position is remembered
 UPDATE_MERGES = 8  # times a read-modify-write of a folder merges a concurrent change and tries again
-
-
-class DamagedError(PlutoError):
-    """Stored data failed verification everywhere it was found."""
 
 
 @dataclass
@@ -150,8 +146,8 @@ class Volume:
         try:
             await self.packs.upload(nonce, data)
         except Exception as exc:
-            # Nothing may escape into the volume's nursery: that ended the mount (a full local
-            # disk made the pack log raise sqlite3.OperationalError here). An unexpected error
+            # Nothing may escape into the volume's nursery: it would end the mount (a full local
+            # disk, for one, makes the pack log raise sqlite3.OperationalError here). An unexpected error
             # counts as a failed pack, which is always safe: the data stays pending and the
             # caller's flush fails, so nothing publishes refs into this pack.
             if not isinstance(exc, (PlutoError, CryptreeError, TransportError, OSError, sqlite3.Error)):
@@ -223,9 +219,9 @@ class Volume:
         refs: list[ChunkRef] = []
         size = 0
         head = b""
-        with open(path, "rb") as f:
+        async with await trio.open_file(path, "rb") as f:
             while True:
-                piece = await trio.to_thread.run_sync(f.read, READ_PIECE)
+                piece = await f.read(READ_PIECE)
                 if not piece:
                     break
                 if size < INLINE_MAX + 1:
@@ -265,19 +261,41 @@ class Volume:
         return cached
 
     async def _open_manifest(self, content: FileRef) -> ManifestIndex:
+        return ManifestIndex.of((await self.manifest_levels(content))[-1])
+
+    async def manifest_levels(self, content: FileRef, size: int | None = None) -> list[Manifest]:
+        """Every level of a file's manifest, outermost first; the last one is direct.
+
+        The chunks of an indirect level hold the encoded next level, and live
+        in packs like file data: whatever must reach every pack a file uses
+        (audits, garbage collection) walks all levels, not just the last.
+        A file nests at most MAX_MANIFEST_DEPTH levels deep (`_file_ref`
+        never writes more); deeper is damage. DamagedError if a level does
+        not open or the file's size is not `size`.
+        """
         try:
-            manifest = content.open()
-            for _ in range(MAX_MANIFEST_DEPTH + 1):
-                if not manifest.indirect:
-                    return ManifestIndex.of(manifest)
-                inner = b"".join([await self._chunk(ref) for ref in manifest.chunks])
-                manifest = decode_manifest(inner)
+            levels = [content.open()]
+            while levels[-1].indirect:
+                if len(levels) > MAX_MANIFEST_DEPTH:
+                    raise DamagedError("a file manifest nests too deeply; it is damaged")
+                inner = b"".join([await self.chunk(ref) for ref in levels[-1].chunks])
+                levels.append(decode_manifest(inner))
         except CryptreeError as exc:
             raise DamagedError(f"a file manifest is damaged ({exc})") from exc
-        raise DamagedError("a file manifest nests too deeply; it is damaged")
+        if size is not None and levels[-1].size != size:
+            raise DamagedError(f"a file manifest describes {levels[-1].size} bytes but its entry says {size}")
+        return levels
 
-    async def _chunk(self, ref: ChunkRef) -> bytes:
+    async def chunk(self, ref: ChunkRef) -> bytes:
+        """One chunk's verified plaintext, from the read cache or fetched (concurrent asks share one fetch).
+
+        DamagedError if its locator or its bytes fail verification.
+        """
         return await self._chunks.get(ref.sealed_hash, lambda: self._fetch_chunk(ref))
+
+    # Transitional: pluto_fs/writeback/fsmodel.py (`materialize`) still calls the old private
+    # name. Remove this line when it calls `chunk`.
+    _chunk = chunk
 
     async def _fetch_chunk(self, ref: ChunkRef) -> bytes:
         try:
@@ -304,7 +322,7 @@ class Volume:
             del self._read_ends[next(iter(self._read_ends))]
         out = []
         for ref, start, stop in index.covering(offset, size):
-            plain = await self._chunk(ref)
+            plain = await self.chunk(ref)
             out.append(plain[start:stop] if start or stop != len(plain) else plain)
         return out[0] if len(out) == 1 else b"".join(out)
 
@@ -325,7 +343,7 @@ class Volume:
 
     async def _prefetch(self, ref: ChunkRef) -> None:
         try:
-            await self._chunk(ref)
+            await self.chunk(ref)
         except PlutoError as exc:
             log.debug("read-ahead of a chunk failed (the read itself will retry): %s", exc)
         finally:
@@ -336,7 +354,7 @@ class Volume:
         if isinstance(content, InlineData):
             return content.data
         manifest = await self.manifest(content, size)
-        return b"".join([await self._chunk(ref) for ref in manifest.chunks])
+        return b"".join([await self.chunk(ref) for ref in manifest.chunks])
 
     # ---- directories ------------------------------------------------------------
 
@@ -365,7 +383,7 @@ class Volume:
         return merge_all(opened), len(opened) > 1
 
     async def load_dir(self, cap: ReadCap | WriteCap, missing_ok: bool = False) -> Directory:
-        """A directory's verified entries (siblings merged); an absent slot is an empty directory only if `missing_ok`."""
+        """A directory's verified entries (siblings merged); an absent slot is empty only if `missing_ok`."""
         return (await self.load_folder(cap, missing_ok))[0]
 
     async def save_dir(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptree.identity import seed_to_phrase
-from pluto_fs.grid.localgrid import LocalGrid, _child_env
+from pluto_fs.grid.localgrid import LocalGrid, child_env
 from pluto_fs.home import Home
 
 T = TypeVar("T")
@@ -22,7 +22,7 @@ def pluto(home: Home, *args: str, ok: bool = True, stdin: str | None = None,
           timeout: float = 120) -> subprocess.CompletedProcess:
     """Run `pluto ARGS --home HOME` in a fresh process; with `ok`, insist on exit 0."""
     res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", *args, "--home", str(home.path)],
-                         input=stdin, capture_output=True, text=True, timeout=timeout, env=_child_env())
+                         input=stdin, capture_output=True, text=True, timeout=timeout, env=child_env())
     if ok:
         assert res.returncode == 0, f"pluto {' '.join(args)} exited {res.returncode}: {res.stderr}"
     return res
@@ -58,7 +58,7 @@ def restore_home(home: Home, grid: LocalGrid, where: Path, says: str | None = No
     res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", "restore", "--home", str(new.path),
                           "--coordinator", grid.coordinator.address],
                          input=seed_to_phrase(home.identity_path.read_bytes()), capture_output=True, text=True,
-                         timeout=120, env=_child_env())
+                         timeout=120, env=child_env())
     assert res.returncode == 0, res.stderr
     assert says is None or says in res.stdout, res.stdout
     return new

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import pytest
 
-from pluto_fs.grid.localgrid import _child_env
+from pluto_fs.grid.localgrid import child_env
 from pluto_fs.grid.testing import MountedVolume, start_mounted_volume
 from pluto_fs.home import Home
 from pluto_fs.mount.run import is_mounted
@@ -47,7 +47,7 @@ def mounted(tmp_path: Path) -> Iterator[MountedVolume]:
 def _pluto(home: Home | Path, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     path = home.path if isinstance(home, Home) else home
     return subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", *args, "--home", str(path)],
-                          capture_output=True, text=True, env=_child_env(), timeout=timeout, stdin=subprocess.DEVNULL)
+                          capture_output=True, text=True, env=child_env(), timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def _status(home: Home) -> dict:
@@ -307,7 +307,7 @@ def test_ctrl_c_on_demo_uploads_what_is_pending_before_the_grid_stops(tmp_path: 
         # Its own session, like a shell job: SIGINT to its process group is what Ctrl-C sends.
         proc = subprocess.Popen([sys.executable, "-m", "pluto_fs.cli.main", "demo", str(mnt), "--state", str(state),
                                  "--timeout", "10", "--capacity", "1G"], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=out, env=_child_env(), start_new_session=True)
+                                stderr=out, env=child_env(), start_new_session=True)
         out.close()
         _eventually(lambda: is_mounted(mnt) or proc.poll() is not None, "the demo mounts", timeout=120)
         assert proc.poll() is None, (tmp_path / "demo.out").read_text()[-3000:]

@@ -22,7 +22,7 @@ from test_trust import _fragments_on, _home, _peer_store, _wait_for
 
 from cryptree.caps import ReadCap
 from cryptree.merkle import merkle_root
-from pluto_fs.grid.localgrid import LocalGrid, _child_env
+from pluto_fs.grid.localgrid import LocalGrid, child_env
 from pluto_fs.grid.testing import start_mounted_volume
 from pluto_fs.home import Home
 from pluto_fs.store.packs import PackLayout, SegmentLayout
@@ -35,7 +35,7 @@ from transport.protocol.peer_id import parse_peer_id
 
 def _pluto(home: Home, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", *args, "--home", str(home.path)],
-                          capture_output=True, text=True, timeout=180, env=_child_env())
+                          capture_output=True, text=True, timeout=180, env=child_env())
 
 
 def _status(home: Home) -> dict:

@@ -14,7 +14,7 @@ import trio
 from treegen import assert_same_tree, make_tree
 
 from cryptree.identity import new_seed
-from pluto_fs.grid.localgrid import LocalGrid, _child_env
+from pluto_fs.grid.localgrid import LocalGrid, child_env
 from pluto_fs.home import Config, Home
 from pluto_fs.store.packs import PackLayout, SegmentLayout
 from pluto_fs.volume.health import CheckReport, PackHealth, PeerState, check, peer_state, repair_plan
@@ -284,7 +284,7 @@ async def _wait_for(vol, peer: bytes, ok: Callable[[PeerRecord], bool], timeout:
 
 def _cli_json(home: Home, *args: str) -> dict:
     res = subprocess.run([sys.executable, "-m", "pluto_fs.cli.main", *args, "--json", "--home", str(home.path)],
-                         capture_output=True, text=True, timeout=120, env=_child_env())
+                         capture_output=True, text=True, timeout=120, env=child_env())
     assert res.returncode in (0, 1), res.stderr
     return json.loads(res.stdout)
 

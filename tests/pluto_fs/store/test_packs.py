@@ -61,7 +61,7 @@ def test_builder_concatenates_and_locates() -> None:
     assert pack.pack_id == pack_id_of(pack.data) and len(pack.pack_id) == 32
     assert [(e.chunk_id, e.offset, e.length) for e in pack.entries] == [
         (cid(0), 0, 10), (cid(1), 10, 1), (cid(2), 11, 33)]
-    for (off, ln), c in zip(locs, chunks):
+    for (off, ln), c in zip(locs, chunks, strict=True):
         assert pack.data[off : off + ln] == c
 
 
@@ -129,7 +129,7 @@ def test_encode_decode_round_trip(size: int, segment_size: int) -> None:
     assert len(layout.segments) == len(frags) == -(-size // segment_size)
     assert [bytes(s) for s in split_segments(data, segment_size)] == [
         data[o : o + segment_size] for o in range(0, size, segment_size)]
-    for index, (seg, seg_frags) in enumerate(zip(layout.segments, frags)):
+    for index, (seg, seg_frags) in enumerate(zip(layout.segments, frags, strict=True)):
         assert seg.length == min(segment_size, size - index * segment_size)
         assert seg.fragment_ids == tuple(merkle_root(f) for f in seg_frags)
         assert all(len(f) == layout.fragment_length(index) for f in seg_frags)
@@ -364,7 +364,8 @@ def test_layout_constructor_validates() -> None:
 
 _cbor_junk = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.binary(max_size=40) | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=12) | st.integers(), inner, max_size=8),
+    lambda inner: (st.lists(inner, max_size=6)
+                   | st.dictionaries(st.text(max_size=12) | st.integers(), inner, max_size=8)),
     max_leaves=30,
 )
 

@@ -18,7 +18,7 @@ def test_a_new_short_pack_is_tried_at_once_then_with_growing_waits_up_to_a_minut
         now = s.next_try()
         tries.append(now)
         assert s.due(now - 0.01) == [] and s.due(now) == [b"a"]
-    waits = [b - a for a, b in zip([100.0] + tries, tries)]
+    waits = [b - a for a, b in zip([100.0, *tries], tries, strict=False)]
     assert waits == [RETRY_FIRST, 4.0, 8.0, 16.0, 32.0, RETRY_MAX, RETRY_MAX, RETRY_MAX]
 
 
