@@ -46,7 +46,8 @@ def test_a_stored_fragment_lands_at_the_documented_path_under_the_documented_tab
         upload.finish()
         assert store.commit_upload(upload, merkle_root(FRAGMENT), len(FRAGMENT), b"\x01" * 32)
         assert (tmp_path / DOC_TEXT["fragment-path"]).read_bytes() == FRAGMENT
-        tables = {r[0] for r in store.db.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        with store.db.reading() as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     finally:
         store.close()
     assert tables == {"fragments", "claims", "slots"}
