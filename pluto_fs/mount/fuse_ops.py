@@ -1,4 +1,4 @@
-"""pyfuse3 operations: POSIX calls mapped onto the FsModel.
+"""pyfuse3 operations: POSIX calls mapped onto the namespace, and fsync onto the write-back.
 
 Every handler answers with data or a FUSEError(errno); nothing else escapes
 to the kernel (pluto_fs/mount/fuse_errors.py has the policy). Network waits are
@@ -24,7 +24,9 @@ from cryptree.dirnode import MAX_NAME_BYTES
 from cryptree.errors import CryptreeError
 from pluto_fs.errors import PlutoError
 from pluto_fs.mount.fuse_errors import fuse_errors, local_op, never_raises
-from pluto_fs.writeback.fsmodel import DirNode, FileNode, FsModel, Node, SymlinkNode, mode_of
+from pluto_fs.writeback.namespace import Namespace
+from pluto_fs.writeback.nodes import DirNode, FileNode, Node, SymlinkNode, mode_of
+from pluto_fs.writeback.write_back import WriteBack
 from transport.errors import TransportError
 
 log = logging.getLogger(__name__)
@@ -70,9 +72,11 @@ class PlutoOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, model: FsModel, op_timeout: float = 30.0, statfs_source: Callable | None = None) -> None:
+    def __init__(self, namespace: Namespace, write_back: WriteBack, op_timeout: float = 30.0,
+                 statfs_source: Callable | None = None) -> None:
         super().__init__()
-        self.model = model
+        self.namespace = namespace
+        self.write_back = write_back
         self.op_timeout = op_timeout
         self.statfs_source = statfs_source
         self._handles: dict[int, Handle] = {}
@@ -82,7 +86,7 @@ class PlutoOperations(pyfuse3.Operations):
     # ---- helpers -----------------------------------------------------------------
 
     def _node(self, ino: int) -> Node:
-        node = self.model.inodes.get(ino)
+        node = self.namespace.inodes.get(ino)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -97,7 +101,7 @@ class PlutoOperations(pyfuse3.Operations):
         d = self._dir(ino)
         if not isinstance(d.cap, WriteCap):
             raise pyfuse3.FUSEError(errno.EACCES)
-        if d.parent is None and d is not self.model.root:
+        if d.parent is None and d is not self.namespace.root:
             raise pyfuse3.FUSEError(errno.ENOENT)  # removed while we held it
         return d
 
@@ -129,7 +133,7 @@ class PlutoOperations(pyfuse3.Operations):
         else:
             size = BLOCK
         a.st_size = size
-        detached = node.parent is None and node is not self.model.root
+        detached = node.parent is None and node is not self.namespace.root
         a.st_nlink = 0 if detached else 2 if isinstance(node, DirNode) else 1
         a.st_blksize = 128 * 1024
         a.st_blocks = (size + 511) // 512
@@ -145,7 +149,7 @@ class PlutoOperations(pyfuse3.Operations):
             return self.entry(d)
         if name == b"..":
             return self.entry(d.parent or d)
-        kids = await self.model.children(d)
+        kids = await self.namespace.children(d)
         try:
             text = _name(name)
         except pyfuse3.FUSEError as exc:
@@ -182,16 +186,16 @@ class PlutoOperations(pyfuse3.Operations):
         if not node.writable or (isinstance(node, DirNode) and not isinstance(node.cap, WriteCap)):
             raise pyfuse3.FUSEError(errno.EACCES)
         if isinstance(node, DirNode):
-            await self.model.children(node)  # its journal rows are written whole: they need its entries
+            await self.namespace.children(node)  # its journal rows are written whole: they need its entries
         before = (node.mode, node.uid, node.gid, node.atime_ns, node.mtime_ns)
         if fields.update_size:
             if not isinstance(node, FileNode):
                 raise pyfuse3.FUSEError(errno.EISDIR if isinstance(node, DirNode) else errno.EINVAL)
-            self.model.check_space(max(0, attr.st_size - node.size))
-            path = await self.model.materialize(node, truncate=attr.st_size == 0)
+            self.namespace.check_space(max(0, attr.st_size - node.size))
+            path = await self.namespace.materialize(node, truncate=attr.st_size == 0)
             os.truncate(path, attr.st_size)
             node.size = attr.st_size
-            self.model.mark_written(node)
+            self.namespace.mark_written(node)
         if fields.update_mode:
             node.mode = stat.S_IMODE(attr.st_mode)
         if fields.update_uid:
@@ -203,7 +207,7 @@ class PlutoOperations(pyfuse3.Operations):
         if fields.update_mtime:
             node.mtime_ns = attr.st_mtime_ns
         # A size change was journaled by mark_written; a chmod to the same mode changes only the ctime.
-        self.model.touch_meta(node, record=before != (node.mode, node.uid, node.gid, node.atime_ns, node.mtime_ns))
+        self.namespace.touch_meta(node, record=before != (node.mode, node.uid, node.gid, node.atime_ns, node.mtime_ns))
         if fields.update_ctime:
             node.ctime_ns = attr.st_ctime_ns
         return self.attrs(node)
@@ -218,18 +222,18 @@ class PlutoOperations(pyfuse3.Operations):
     @never_raises
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, count in inode_list:
-            node = self.model.inodes.get(ino)
+            node = self.namespace.inodes.get(ino)
             if node is not None:
                 node.lookups = max(0, node.lookups - count)
-                self.model.release_if_unused(node)
+                self.namespace.release_if_unused(node)
 
     # ---- directories -----------------------------------------------------------------
 
     @fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         d = self._dir(inode)
-        kids = await self.model.children(d)
-        self.model.want_refresh(d)  # changes made elsewhere show up at the next listing
+        kids = await self.namespace.children(d)
+        self.write_back.want_refresh(d)  # changes made elsewhere show up at the next listing
         fh = self._fh()
         listing = [(b".", d), (b"..", d.parent or d)]
         listing += sorted(((n.name.encode(), n) for n in kids.values()), key=lambda x: x[0])
@@ -251,62 +255,65 @@ class PlutoOperations(pyfuse3.Operations):
         self._dir_handles.pop(fh, None)
 
     @fuse_errors
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         d = self._writable_dir(parent_inode)
         text = _name(name)
-        if text in await self.model.children(d):
+        if text in await self.namespace.children(d):
             raise pyfuse3.FUSEError(errno.EEXIST)
-        node = self.model.add_dir(d, text, stat.S_IMODE(mode) & ~ctx.umask, ctx.uid, ctx.gid)
+        node = self.namespace.add_dir(d, text, stat.S_IMODE(mode) & ~ctx.umask, ctx.uid, ctx.gid)
         return self.entry(node)
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         d = self._writable_dir(parent_inode)
-        node = (await self.model.children(d)).get(_name(name))
+        node = (await self.namespace.children(d)).get(_name(name))
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         if not isinstance(node, DirNode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if node is self.model.shared:
+        if node is self.namespace.shared:
             raise pyfuse3.FUSEError(errno.EACCES)
         await self._refresh_quietly(node)  # another writer may have put something in it meanwhile
-        if await self.model.children(node):
+        if await self.namespace.children(node):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         if node.parent is not d:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        self.model.detach(node)
+        self.namespace.detach(node)
 
     async def _refresh_quietly(self, d: DirNode) -> None:
         """Read `d` again from the network before a decision that needs its latest state; offline, the local
         view decides (bounded: the network being away must not make the call hang)."""
         with trio.move_on_after(min(self.op_timeout, RMDIR_REFRESH_TIMEOUT)):
             try:
-                await self.model.refresh(d, force=True)
+                await self.write_back.refresh(d, force=True)
             except (PlutoError, CryptreeError, TransportError) as exc:
                 log.info("could not read a folder again before removing it (%s); going by the local view", exc)
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         d = self._writable_dir(parent_inode)
-        node = (await self.model.children(d)).get(_name(name))
+        node = (await self.namespace.children(d)).get(_name(name))
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         if isinstance(node, DirNode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        self.model.detach(node)
+        self.namespace.detach(node)
 
     @fuse_errors
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         d = self._writable_dir(parent_inode)
         text = _name(name)
-        if text in await self.model.children(d):
+        if text in await self.namespace.children(d):
             raise pyfuse3.FUSEError(errno.EEXIST)
         if not target or len(target) > 4095:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG if target else errno.ENOENT)
-        return self.entry(self.model.add_symlink(d, text, target, ctx.uid, ctx.gid))
+        return self.entry(self.namespace.add_symlink(d, text, target, ctx.uid, ctx.gid))
 
     @fuse_errors
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         # Entries hold their file's content directly (cryptree has no shared inode objects),
         # so a second name could not follow changes made through the first. Refuse cleanly.
         raise pyfuse3.FUSEError(errno.ENOTSUP)
@@ -317,14 +324,14 @@ class PlutoOperations(pyfuse3.Operations):
         src_dir = self._writable_dir(parent_inode_old)
         dst_dir = self._writable_dir(parent_inode_new)
         old, new = _name(name_old), _name(name_new)
-        node = (await self.model.children(src_dir)).get(old)
+        node = (await self.namespace.children(src_dir)).get(old)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        if node is self.model.shared or self.model.share_root(node) is node:
+        if node is self.namespace.shared or self.namespace.share_root(node) is node:
             raise pyfuse3.FUSEError(errno.EACCES)
-        if self.model.share_root(src_dir) is not self.model.share_root(dst_dir):
+        if self.namespace.share_root(src_dir) is not self.namespace.share_root(dst_dir):
             raise pyfuse3.FUSEError(errno.EXDEV)  # another owner's tree: copy, then delete
-        existing = (await self.model.children(dst_dir)).get(new)
+        existing = (await self.namespace.children(dst_dir)).get(new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
         if existing is node:
@@ -341,14 +348,14 @@ class PlutoOperations(pyfuse3.Operations):
             if isinstance(existing, DirNode):
                 if not isinstance(node, DirNode):
                     raise pyfuse3.FUSEError(errno.EISDIR)
-                if await self.model.children(existing):
+                if await self.namespace.children(existing):
                     raise pyfuse3.FUSEError(errno.ENOTEMPTY)
             elif isinstance(node, DirNode):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-            self.model.detach(existing)
+            self.namespace.detach(existing)
         if isinstance(node, DirNode) and node.cap is not None and not isinstance(node.cap, WriteCap):
             raise pyfuse3.FUSEError(errno.EACCES)
-        self.model.rename(node, dst_dir, new)
+        self.namespace.rename(node, dst_dir, new)
 
     # ---- files ---------------------------------------------------------------------------
 
@@ -357,15 +364,13 @@ class PlutoOperations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         d = self._writable_dir(parent_inode)
         text = _name(name)
-        existing = (await self.model.children(d)).get(text)
+        existing = (await self.namespace.children(d)).get(text)
         if existing is not None:
             if flags & os.O_EXCL:
                 raise pyfuse3.FUSEError(errno.EEXIST)
             info = await self.open(existing.ino, flags, ctx)
             return info, self.entry(existing)
-        with self.model.journal.transaction():  # one commit for the new entry and its pending data
-            node = self.model.add_file(d, text, stat.S_IMODE(mode) & ~ctx.umask, ctx.uid, ctx.gid)
-            self.model.mark_written(node)
+        node = self.namespace.create_file(d, text, stat.S_IMODE(mode) & ~ctx.umask, ctx.uid, ctx.gid)
         return self._open_handle(node, writable=True), self.entry(node)
 
     @fuse_errors
@@ -377,17 +382,15 @@ class PlutoOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)
         d = self._writable_dir(parent_inode)
         text = _name(name)
-        if text in await self.model.children(d):
+        if text in await self.namespace.children(d):
             raise pyfuse3.FUSEError(errno.EEXIST)
-        with self.model.journal.transaction():  # one commit for the new entry and its pending data
-            node = self.model.add_file(d, text, stat.S_IMODE(mode) & ~ctx.umask, ctx.uid, ctx.gid)
-            self.model.mark_written(node)
+        node = self.namespace.create_file(d, text, stat.S_IMODE(mode) & ~ctx.umask, ctx.uid, ctx.gid)
         return self.entry(node)
 
     def _open_handle(self, node: FileNode, writable: bool) -> pyfuse3.FileInfo:
         fd = None
         if node.cache_id is not None:
-            path = self.model.cache_path(node.cache_id)
+            path = self.namespace.cache_path(node.cache_id)
             fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         fh = self._fh()
         self._handles[fh] = Handle(node, fd, writable)
@@ -410,11 +413,11 @@ class PlutoOperations(pyfuse3.Operations):
             if not node.writable:
                 raise pyfuse3.FUSEError(errno.EACCES)
             truncate = bool(flags & os.O_TRUNC)
-            path = await self.model.materialize(node, truncate=truncate)
+            path = await self.namespace.materialize(node, truncate=truncate)
             if truncate:
                 os.truncate(path, 0)
                 node.size = 0
-                self.model.mark_written(node)
+                self.namespace.mark_written(node)
         return self._open_handle(node, writable)
 
     @fuse_errors
@@ -422,23 +425,23 @@ class PlutoOperations(pyfuse3.Operations):
         h = self._handles[fh]
         node = h.node
         if h.fd is None and node.cache_id is not None:
-            h.fd = os.open(self.model.cache_path(node.cache_id), os.O_RDONLY)
+            h.fd = os.open(self.namespace.cache_path(node.cache_id), os.O_RDONLY)
         if h.fd is not None:
             return os.pread(h.fd, size, off)
         if node.content is None or off >= node.size:
             return b""
-        return await self.model.volume.read(node.content, off, size, node.content_size)
+        return await self.namespace.read_published(node, off, size)
 
     @local_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handles[fh]
         if not h.writable or h.fd is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        self.model.check_space(max(0, off + len(buf) - h.node.size))
+        self.namespace.check_space(max(0, off + len(buf) - h.node.size))
         written = os.pwrite(h.fd, buf, off)
         node = h.node
         node.size = max(node.size, off + written)
-        self.model.mark_written(node)
+        self.namespace.mark_written(node)
         return written
 
     @local_op
@@ -447,7 +450,7 @@ class PlutoOperations(pyfuse3.Operations):
 
     @functools.partial(fuse_errors, bounded=False)
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.model.sync_path(self._handles[fh].node)
+        await self.write_back.sync_path(self._handles[fh].node)
 
     @functools.partial(fuse_errors, bounded=False)
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
@@ -456,7 +459,7 @@ class PlutoOperations(pyfuse3.Operations):
         h = self._dir_handles.get(fh)
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        await self.model.sync_dir(h.node)
+        await self.write_back.sync_dir(h.node)
 
     @never_raises
     async def release(self, fh: int) -> None:
@@ -469,8 +472,8 @@ class PlutoOperations(pyfuse3.Operations):
         node.open_handles -= 1
         if h.writable:
             node.writers -= 1
-            self.model.changed.set()  # a closed file is ready to upload
-        self.model.release_if_unused(node)
+            self.namespace.note_change()  # a closed file is ready to upload
+        self.namespace.release_if_unused(node)
 
     # ---- extended attributes -------------------------------------------------------------
 
@@ -489,9 +492,9 @@ class PlutoOperations(pyfuse3.Operations):
         if len(value) > XATTR_MAX_VALUE:
             raise pyfuse3.FUSEError(errno.E2BIG)
         if isinstance(node, DirNode):
-            await self.model.children(node)  # its journal rows are written whole: they need its entries
+            await self.namespace.children(node)  # its journal rows are written whole: they need its entries
         node.xattrs[key] = bytes(value)
-        self.model.touch_meta(node)
+        self.namespace.touch_meta(node)
 
     @local_op
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
@@ -515,9 +518,9 @@ class PlutoOperations(pyfuse3.Operations):
         if not node.writable:
             raise pyfuse3.FUSEError(errno.EACCES)
         if isinstance(node, DirNode):
-            await self.model.children(node)  # its journal rows are written whole: they need its entries
+            await self.namespace.children(node)  # its journal rows are written whole: they need its entries
         del node.xattrs[text]
-        self.model.touch_meta(node)
+        self.namespace.touch_meta(node)
 
     # ---- filesystem ------------------------------------------------------------------------
 
@@ -529,7 +532,7 @@ class PlutoOperations(pyfuse3.Operations):
         s.f_frsize = BLOCK
         s.f_blocks = max(1, total // BLOCK)
         s.f_bfree = s.f_bavail = min(s.f_blocks, max(0, free // BLOCK))
-        s.f_files = len(self.model.inodes) + 1_000_000
+        s.f_files = len(self.namespace.inodes) + 1_000_000
         s.f_ffree = s.f_favail = 1_000_000
         s.f_namemax = MAX_NAME_BYTES
         return s

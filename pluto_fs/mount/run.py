@@ -32,16 +32,15 @@ from pluto_fs.mount.fuse_ops import PlutoOperations
 from pluto_fs.mount.retrying import EXPECTED, Problems, Retrying, describe, leaf_errors
 from pluto_fs.volume.short_packs import complete_short_packs_once, place_short_packs
 from pluto_fs.volume.volume import Volume, open_volume
-from pluto_fs.writeback.fsmodel import FsModel
 from pluto_fs.writeback.journal_state import LocalChanges, open_journal
+from pluto_fs.writeback.namespace import Namespace
+from pluto_fs.writeback.quota import Quota
+from pluto_fs.writeback.write_back import WriteBack
 
 log = logging.getLogger(__name__)
 
-IDLE_UPLOAD_AFTER = 2.0  # seconds a file open for writing must be quiet before it uploads anyway
-PUBLISH_EVERY = 0.5  # seconds between write-back rounds
 HEALTH_SAMPLE = 32  # packs audited per background round
 ALLOWANCE_REFRESH = 3.0  # seconds between storage-exchange refreshes
-UPLOAD_BATCH = 2000  # files per write-back round (bounds how long a round holds back folder publishing)
 
 
 @dataclass
@@ -66,27 +65,27 @@ def pid_file(home: Home) -> Path:
     return home.cache / "mount.json"
 
 
-async def _statfs(volume: Volume, model: FsModel) -> tuple[int, int]:
+async def _statfs(volume: Volume, quota: Quota) -> tuple[int, int]:
     """Usable bytes (total, free) for df: the storage exchange allowance, divided by the
     expansion n/k, capped by the raw space live peers have; never 0 or absurdly large."""
     peers = await volume.net.peers()
     k, n = volume.packs.k, volume.packs.n
     total = sum(p.capacity for p in peers.values() if p.alive) * k // n
     free = sum(p.free for p in peers.values() if p.alive) * k // n
-    if model.allowance is not None:
-        allowed, used = model.allowance
+    if quota.allowance is not None:
+        allowed, used = quota.allowance
         total = min(total, allowed * k // n)
         free = min(free, max(0, allowed - used) * k // n)
     return max(total, 1), max(0, min(free, total))
 
 
-async def _replay_journal(model: FsModel, retrying: Retrying) -> None:
-    """After a crash, bring every journaled folder back into the model so its uploads resume."""
+async def _replay_journal(namespace: Namespace, retrying: Retrying) -> None:
+    """After a crash, bring every journaled folder back into the namespace so its uploads resume."""
     replayed = 0
 
     async def replay() -> None:
         nonlocal replayed
-        replayed = await model.replay_journal()
+        replayed = await namespace.replay_journal()
 
     while not await retrying.attempt(replay):
         await retrying.backoff()
@@ -94,32 +93,9 @@ async def _replay_journal(model: FsModel, retrying: Retrying) -> None:
         log.info("resumed the pending changes of %d folders from the journal", replayed)
 
 
-async def _write_back_round(model: FsModel) -> None:
-    now = time.monotonic()
-    model.dirty_files -= {f for f in model.dirty_files if f.parent is None}
-    ready = [f for f in model.dirty_files if f.writers == 0 or now - f.last_write > IDLE_UPLOAD_AFTER]
-    try:
-        await model.upload_files(ready[:UPLOAD_BATCH], wait_busy=False)
-    finally:
-        # Folder changes go out even when file data could not (a rename, a delete, files already
-        # stored): one file that cannot upload must not hold every folder back.
-        await model.publish_dirty()
-
-
-async def _write_back(model: FsModel, retrying: Retrying) -> None:
-    """Upload quiet files and publish changed folders, forever; a failed round is retried after a backoff."""
-    while True:
-        with trio.move_on_after(PUBLISH_EVERY):
-            await model.changed.wait()
-        model.changed = trio.Event()
-        await trio.sleep(PUBLISH_EVERY)  # let a burst of changes settle into one publish
-        if not await retrying.attempt(lambda: _write_back_round(model)):
-            await retrying.backoff()
-
-
-def _write_status(home: Home, model: FsModel, volume: Volume, mountpoint: Path, health: dict | None = None,
+def _write_status(home: Home, write_back: WriteBack, volume: Volume, mountpoint: Path, health: dict | None = None,
                   problems: Problems | None = None) -> None:
-    files, size, dirs = model.pending()
+    files, size, dirs = write_back.pending()
     stats = volume.packs.stats
     status = {
         "pid": os.getpid(),
@@ -173,7 +149,7 @@ def _replace_status_file(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-async def _health_loop(model: FsModel, volume: Volume, interval: float, margin: int, grace: float, state: dict,
+async def _health_loop(volume: Volume, interval: float, margin: int, grace: float, state: dict,
                        retrying: Retrying) -> None:
     """Background auditor and repairer: every `interval`, audit a sample of packs and repair
     those with fewer than k + `margin` durable fragments, counting peers silent for less than
@@ -199,19 +175,6 @@ async def _health_loop(model: FsModel, volume: Volume, interval: float, margin: 
             state.update(running=False, progress="")
 
 
-async def _refresh_loop(model: FsModel, retrying: Retrying) -> None:
-    """Read folders that were opened again from the network and merge what changed elsewhere
-    (a failed read keeps the local view; the folder is read again the next time it is opened)."""
-    while True:
-        await model.refresh_event.wait()
-        model.refresh_event = trio.Event()
-        while model.refresh_wanted:
-            d = next(iter(model.refresh_wanted))
-            del model.refresh_wanted[d]
-            if not await retrying.attempt(lambda: model.refresh(d)):
-                await trio.sleep(retrying.delay())
-
-
 async def _keep_running(loop: Callable[[], Awaitable[None]], retrying: Retrying) -> None:
     """Run a loop that is meant to run forever; if it ever fails, record it and start it again after a backoff."""
     while True:
@@ -219,40 +182,41 @@ async def _keep_running(loop: Callable[[], Awaitable[None]], retrying: Retrying)
         await trio.sleep(max(1.0, retrying.delay()))
 
 
-async def _share_poll(model: FsModel, interval: float, retrying: Retrying) -> None:
+async def _share_poll(namespace: Namespace, interval: float, retrying: Retrying) -> None:
     """Owners' changes to what they share appear within `interval` seconds."""
 
     async def refresh() -> None:
-        model.refresh_shared()
+        namespace.refresh_shared()
 
     while True:
         await trio.sleep(max(interval, retrying.delay()))
         await retrying.attempt(refresh)
 
 
-async def _allowance_loop(model: FsModel, volume: Volume, retrying: Retrying) -> None:
+async def _allowance_loop(quota: Quota, volume: Volume, retrying: Retrying) -> None:
     """Keep the storage-exchange figures fresh so writes can be refused (ENOSPC) at once."""
 
     async def refresh() -> None:
         a = await volume.net.coordinator.allowance()
-        model.allowance = (a.allowed, a.used)
+        quota.set_allowance(a.allowed, a.used)
 
     while True:
         await retrying.attempt(refresh)
         await trio.sleep(max(ALLOWANCE_REFRESH, retrying.delay()))
 
 
-async def _status_loop(home: Home, model: FsModel, volume: Volume, mountpoint: Path, health: dict,
+async def _status_loop(home: Home, write_back: WriteBack, volume: Volume, mountpoint: Path, health: dict,
                        problems: Problems, retrying: Retrying) -> None:
     async def write() -> None:
-        _write_status(home, model, volume, mountpoint, health, problems)
+        _write_status(home, write_back, volume, mountpoint, health, problems)
 
     # Rewritten every second, and at once when what is pending changes: `cp f /mnt; pluto status`
     # must never show the state from before the copy as "all uploaded".
     while True:
         await retrying.attempt(write)
-        written, since = model.pending(), trio.current_time()
-        while model.pending() == written and trio.current_time() - since < STATUS_EVERY:
+        written, since = write_back.pending(), trio.current_time()
+        # Polled, not an event: what is pending is counted from the namespace's sets, which many places change.
+        while write_back.pending() == written and trio.current_time() - since < STATUS_EVERY:  # noqa: ASYNC110
             await trio.sleep(STATUS_CHECK)
 
 
@@ -270,9 +234,12 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
         async with open_volume(home, coordinator) as volume:
             from pluto_fs.volume.social import shares_for_mount
 
-            model = FsModel(volume, journal, home.cache / "files", volume.keys.root, lambda: shares_for_mount(home))
-            await model.children(model.root)  # fail early (and clearly) if the network is unreachable
-            ops = PlutoOperations(model, opts.op_timeout, lambda: _statfs(volume, model))
+            quota = Quota(volume.packs.n / volume.packs.k)
+            namespace = Namespace(volume, journal, home.cache / "files", volume.keys.root,
+                                  lambda: shares_for_mount(home), quota)
+            write_back = WriteBack(namespace, volume, journal)
+            await namespace.children(namespace.root)  # fail early (and clearly) if the network is unreachable
+            ops = PlutoOperations(namespace, write_back, opts.op_timeout, lambda: _statfs(volume, quota))
             options = set(pyfuse3.default_options)
             options |= {"fsname=pluto", "subtype=pluto"}
             if opts.allow_other:
@@ -284,22 +251,22 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
             problems = Problems()
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_write_back, model, problems.loop("write_back", "write-back"))
+                    nursery.start_soon(write_back.run, problems.loop("write_back", "write-back"))
                     nursery.start_soon(_keep_running, lambda: place_short_packs(volume),
                                        problems.loop("short_packs", "placing missing fragment columns", max_delay=60))
-                    nursery.start_soon(_replay_journal, model,
+                    nursery.start_soon(_replay_journal, namespace,
                                        problems.loop("replay", "resuming journaled folders", max_delay=30))
-                    nursery.start_soon(_refresh_loop, model,
+                    nursery.start_soon(write_back.run_refresh,
                                        problems.loop("refresh", "reading folders changed elsewhere", max_delay=30))
                     health: dict = {}
-                    nursery.start_soon(_status_loop, home, model, volume, opts.mountpoint, health, problems,
+                    nursery.start_soon(_status_loop, home, write_back, volume, opts.mountpoint, health, problems,
                                        problems.loop("status", "writing the status file"))
-                    nursery.start_soon(_allowance_loop, model, volume,
+                    nursery.start_soon(_allowance_loop, quota, volume,
                                        problems.loop("exchange", "storage exchange figures", max_delay=60))
                     config = home.config()
-                    nursery.start_soon(_share_poll, model, config.share_poll,
+                    nursery.start_soon(_share_poll, namespace, config.share_poll,
                                        problems.loop("shares", "reloading shares", max_delay=300))
-                    nursery.start_soon(_health_loop, model, volume, config.audit_interval, config.repair_margin,
+                    nursery.start_soon(_health_loop, volume, config.audit_interval, config.repair_margin,
                                        config.repair_grace, health,
                                        problems.loop("audit", "background audit", max_delay=3600))
 
@@ -324,14 +291,14 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
             finally:
                 try:
                     with trio.CancelScope(shield=True):
-                        await _final_upload(model)
+                        await _final_upload(write_back, volume)
                         try:
-                            _write_status(home, model, volume, opts.mountpoint, problems=problems)
+                            _write_status(home, write_back, volume, opts.mountpoint, problems=problems)
                         except OSError as exc:
                             log.warning("could not write the status file: %s", exc)
                 finally:
                     pyfuse3.close(unmount=not unmounted)
-            files, size, dirs = model.pending()
+            files, size, dirs = write_back.pending()
             return LocalChanges(files, size, dirs)
     finally:
         journal.close()
@@ -341,7 +308,7 @@ async def run_mount(home: Home, opts: MountOptions, coordinator: str | None = No
 FINAL_SHORT_PACKS_TIME = 60.0  # seconds the unmount spends at most completing packs short of a column
 
 
-async def _final_upload(model: FsModel) -> None:
+async def _final_upload(write_back: WriteBack, volume: Volume) -> None:
     """Upload everything before unmounting; a failure is logged (what is left stays in the journal).
 
     Packs stored with fewer than n columns (a peer was away) get one more
@@ -349,7 +316,7 @@ async def _final_upload(model: FsModel) -> None:
     losses than the code promises, and the next mount may be far off.
     """
     try:
-        await model.flush_all()
+        await write_back.flush_all()
     except Exception as exc:  # groups too: whatever happens, the mount must still unmount
         errors = leaf_errors(exc)
         bug = next((e for e in errors if not isinstance(e, EXPECTED)), None)
@@ -357,10 +324,10 @@ async def _final_upload(model: FsModel) -> None:
                   "at the next mount", describe(errors), exc_info=bug)
     with trio.move_on_after(FINAL_SHORT_PACKS_TIME):
         try:
-            await complete_short_packs_once(model.volume)
+            await complete_short_packs_once(volume)
         except Exception as exc:
             log.warning("could not complete packs short of a fragment column (%s)", describe(leaf_errors(exc)))
-    left = len(model.volume.packs.short_packs())
+    left = len(volume.packs.short_packs())
     if left:
         log.warning("%d packs are still short of a fragment column (a peer is missing); the next mount "
                     "places it", left)

@@ -30,7 +30,7 @@ from cryptree.filenode import InlineData
 from pluto_fs.writeback.nodes import DirNode, FileNode, Node, SymlinkNode, is_ready
 
 if TYPE_CHECKING:
-    from pluto_fs.writeback.fsmodel import FsModel
+    from pluto_fs.writeback.namespace import Namespace
 
 
 @dataclass
@@ -66,7 +66,7 @@ def local_side(d: DirNode, n: Node, tag: bytes, busy_below: bool = False) -> tup
     return DirEntry(n.name, n.content, size=n.content_size, **common), not is_ready(n)
 
 
-def merge_remote(model: FsModel, d: DirNode, remote: Directory) -> MergeResult:
+def merge_remote(model: Namespace, d: DirNode, remote: Directory) -> MergeResult:
     """Fold `remote` (a version of `d` newer than the one its children derive from) into `d`."""
     assert d.children is not None
     result = MergeResult()
@@ -74,7 +74,7 @@ def merge_remote(model: FsModel, d: DirNode, remote: Directory) -> MergeResult:
     theirs: dict[str, DirEntry | Tombstone] = {e.name: e for e in (*remote.tombstones, *remote.entries)}
     local_losers: list[Node] = []
     remote_losers: list[DirEntry] = []
-    busy = model.busy_folders()
+    busy = _busy_folders(model)
     for name in sorted((kids.keys() | dead.keys() | theirs.keys()) - model.virtual_names(d)):
         node = kids.get(name)
         mine: DirEntry | Tombstone | None
@@ -134,7 +134,19 @@ def merge_remote(model: FsModel, d: DirNode, remote: Directory) -> MergeResult:
     return result
 
 
-def _place_losers(model: FsModel, d: DirNode, local: list[Node], remote: list[DirEntry],
+def _busy_folders(model: Namespace) -> set[DirNode]:
+    """Folders with something inside them (at any depth, or themselves) waiting to be published:
+    a merge must not drop them. One walk up from each pending item."""
+    busy: set[DirNode] = set()
+    for pending in (*model.dirty_dirs, *model.dirty_files):
+        up = pending if isinstance(pending, DirNode) else pending.parent
+        while up is not None and up not in busy:
+            busy.add(up)
+            up = up.parent
+    return busy
+
+
+def _place_losers(model: Namespace, d: DirNode, local: list[Node], remote: list[DirEntry],
                   result: MergeResult) -> None:
     """Give every losing version its conflict name next to the winner."""
     assert d.children is not None

@@ -114,7 +114,7 @@ class Journal:
             self.db.execute("INSERT OR REPLACE INTO folders(writer, cap, seq, attrs, new, dirty) VALUES (?,?,?,?,?,1)",
                             (writer, cap, seq, cbor2.dumps(own), int(bool(new))))
             self.db.executemany("INSERT OR REPLACE INTO entries(writer, name, entry) VALUES (?,?,?)",
-                                [(writer, name, cbor2.dumps(row)) for name, row in zip(names, rows)])
+                                [(writer, name, cbor2.dumps(row)) for name, row in zip(names, rows, strict=True)])
         self.db.execute("DROP TABLE dirs")
 
     # ---- transactions -----------------------------------------------------------------

@@ -14,20 +14,28 @@ Rows are CBOR lists; the first field says what the row holds:
 merging several writers (journal format 3); rows written by an older pluto
 end before them and read back as changed, with an empty version. A folder's
 own attributes are one more row in the `folders` table (`own_attrs_row`).
+
+The second half of this module writes a folder's rows into the journal as the
+namespace changes and the write-back publishes (`record_change`,
+`put_moved_rows`, `record_published`) and reads them back after a crash
+(`read_folder_rows`): nothing else knows the row layout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 
 from cryptree import versions
-from cryptree.caps import parse_cap
+from cryptree.caps import WriteCap, parse_cap
 from cryptree.dirnode import DirEntry, Tombstone, decode_entry, encode_entry
 from cryptree.filenode import decode_content, encode_content
+from pluto_fs.writeback.journal import Journal
 from pluto_fs.writeback.nodes import DirNode, FileNode, Node, SymlinkNode
+from pluto_fs.writeback.publish_plan import PublishPlan
 
 FILE, FOLDER, SYMLINK, DELETED, SHADOW = 0, 1, 2, 3, 4
 TOMBSTONE_PREFIX = "\0"  # no entry name can hold NUL: a deleted name's row never collides with a live one
@@ -130,3 +138,127 @@ def _versioned(node: Node, tail: list[Any], default_on_network: bool) -> None:
         node.vv, node.changed, node.on_network = _unvv(tail[0]), bool(tail[1]), bool(tail[2])
     else:  # a row from before version vectors: send it again, with a version
         node.vv, node.changed, node.on_network = (), True, default_on_network
+
+
+# ---- a folder's rows in the journal ----------------------------------------------------
+
+
+def read_folder_rows(d: DirNode, attrs: bytes, rows: list[bytes],
+                     new_ino: Callable[[], int]) -> tuple[dict[str, Node], list[RestoredFile]]:
+    """Rebuild `d`'s own attributes, tombstones and shadows from its journal rows; return its children
+    by name and the files among them whose pending data the caller still has to find in the cache."""
+    apply_own_attrs(d, attrs)
+    kids: dict[str, Node] = {}
+    files: list[RestoredFile] = []
+    for raw in rows:
+        item = node_from_row(raw, new_ino(), d)
+        if isinstance(item, Tombstone):
+            d.tombstones[item.name] = item
+            continue
+        if isinstance(item, DirEntry):
+            d.shadows[item.name] = item
+            continue
+        if isinstance(item, RestoredFile):
+            files.append(item)
+            node: Node = item.node
+        else:
+            node = item
+        kids[node.name] = node
+    return kids, files
+
+
+def row_state(n: Node) -> tuple:
+    """What a publish may change of a node's journal row."""
+    return (n.vv, n.changed, n.on_network, n.held_vv if isinstance(n, FileNode) else None)
+
+
+def write_all_rows(journal: Journal, d: DirNode, virtual: Node | None) -> None:
+    """Journal every entry and tombstone of `d` (replacing whatever rows it had); `virtual` (the
+    mount's own `shared/` folder) is never journaled."""
+    assert isinstance(d.cap, WriteCap) and d.children is not None
+    rows = [(n.name, entry_row(n)) for n in d.children.values() if n is not virtual]
+    rows += [(tombstone_key(t.name), tombstone_row(t)) for t in d.tombstones.values()]
+    rows += [(shadow_key(e.name), shadow_row(e)) for e in d.shadows.values()]
+    journal.replace_entries(d.cap.writer, rows)
+    d.journal_gen = journal.generation
+
+
+def put_tombstone(journal: Journal, d: DirNode, name: str) -> None:
+    """Journal whether `name` in `d` is remembered as deleted."""
+    assert isinstance(d.cap, WriteCap)
+    dead = d.tombstones.get(name)
+    if dead is None:
+        journal.drop_entry(d.cap.writer, tombstone_key(name))
+    else:
+        journal.put_entry(d.cap.writer, tombstone_key(name), tombstone_row(dead))
+
+
+def put_folder_row(journal: Journal, d: DirNode) -> None:
+    """Journal `d`'s own row (marked dirty), unless the journal already holds exactly that."""
+    assert isinstance(d.cap, WriteCap)
+    row = (journal.generation, d.seq, d.new, own_attrs_row(d))
+    if row != d.journal_row:  # a change of one entry leaves the folder's own row as it was
+        journal.put_folder(d.cap.writer, d.cap_text(), d.seq, row[3], d.new)
+        d.journal_row = row
+
+
+def record_change(journal: Journal, d: DirNode, entry: Node | None, gone: str | None,
+                  virtual: Node | None) -> None:
+    """Journal a change of `d`: the entry `entry` changed, the name `gone` left (with its tombstone
+    and shadow), and the folder's own row; all of `d`'s rows on its first change since loading.
+
+    One transaction; `virtual` (the mount's own `shared/` folder) is never journaled.
+    """
+    assert isinstance(d.cap, WriteCap) and d.children is not None
+    writer = d.cap.writer
+    with journal.transaction():
+        if d.journal_gen != journal.generation:
+            # First change since loading: the rows must hold the whole directory from now on.
+            write_all_rows(journal, d, virtual)
+        else:
+            if gone is not None:
+                there = d.children.get(gone)
+                if there is None:
+                    journal.drop_entry(writer, gone)
+                elif there is not entry and there is not virtual:
+                    journal.put_entry(writer, gone, entry_row(there))
+                if gone in d.tombstones:  # the network had it: remember the name as deleted
+                    put_tombstone(journal, d, gone)
+                if gone in d.shadows:  # ...and what it had there, should the name be taken again
+                    journal.put_entry(writer, shadow_key(gone), shadow_row(d.shadows[gone]))
+            if entry is not None and entry is not virtual:
+                journal.put_entry(writer, entry.name, entry_row(entry))
+        put_folder_row(journal, d)
+
+
+def sent_states(plan: PublishPlan) -> dict[int, tuple]:
+    """The row states of the nodes `plan` sends, to compare after the publish moved them."""
+    return {id(s.node): row_state(s.node) for s in plan.sent}
+
+
+def put_moved_rows(journal: Journal, d: DirNode, plan: PublishPlan, before: dict[int, tuple]) -> dict[int, tuple]:
+    """Journal the rows of `plan`'s nodes whose versions or flags moved since `before` (O(changes), not
+    O(folder)), when the folder's rows mirror it; return the new states."""
+    after = sent_states(plan)
+    if d.journal_gen != journal.generation or after == before:
+        return after
+    assert isinstance(d.cap, WriteCap) and d.children is not None
+    with journal.transaction():
+        for sent in plan.sent:
+            n = sent.node
+            if n.parent is d and d.children.get(n.name) is n and before.get(id(n)) != after[id(n)]:
+                journal.put_entry(d.cap.writer, n.name, entry_row(n))
+    return after
+
+
+def record_published(journal: Journal, d: DirNode, revived: list[str], unshadowed: list[str], clean: bool) -> None:
+    """Journal that version `d.seq` of `d` reached the network (`clean`: exactly the journaled state):
+    names it no longer remembers as deleted or shadowed lose those rows. Inside the caller's transaction."""
+    assert isinstance(d.cap, WriteCap)
+    if d.journal_gen == journal.generation:
+        for name in revived:
+            put_tombstone(journal, d, name)
+        for name in unshadowed:
+            journal.drop_entry(d.cap.writer, shadow_key(name))
+    journal.folder_published(d.cap.writer, d.seq, clean)
+    d.journal_row = None  # the row's seq and dirty flag changed

@@ -133,7 +133,7 @@ def read_local_changes(home: Home) -> LocalChanges:
     finally:
         db.close()
     files = size = 0
-    for cache_id, recorded in rows:
+    for cache_id, _recorded in rows:
         try:
             size += (files_dir(home) / str(cache_id)).stat().st_size  # the row keeps the size at the first write
         except (FileNotFoundError, ValueError):

@@ -129,3 +129,32 @@ def mode_of(node: Node) -> int:
     if isinstance(node, SymlinkNode):
         return stat.S_IFLNK | 0o777
     return stat.S_IFREG | node.mode
+
+
+class InodeTable:
+    """Every inode the mount knows, by number. Numbers are never reused while the mount runs."""
+
+    def __init__(self, root: DirNode) -> None:
+        self._nodes: dict[int, Node] = {root.ino: root}
+        self._next = root.ino + 1
+
+    def new_ino(self) -> int:
+        """A number no inode of this mount had before."""
+        ino = self._next
+        self._next += 1
+        return ino
+
+    def add(self, node: Node) -> None:
+        """Make `node` reachable by its number."""
+        self._nodes[node.ino] = node
+
+    def get(self, ino: int) -> Node | None:
+        """The inode numbered `ino`, or None if the mount has none (any more)."""
+        return self._nodes.get(ino)
+
+    def drop(self, ino: int) -> None:
+        """Forget inode `ino` (nothing refers to it any more)."""
+        self._nodes.pop(ino, None)
+
+    def __len__(self) -> int:
+        return len(self._nodes)

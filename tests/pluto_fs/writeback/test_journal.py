@@ -16,8 +16,9 @@ import trio
 from cryptree.dirnode import new_directory_cap
 from cryptree.filenode import InlineData, encode_content
 from pluto_fs.errors import HomeError
-from pluto_fs.writeback.fsmodel import DirNode, FileNode, FsModel, SymlinkNode
 from pluto_fs.writeback.journal import FORMAT, Journal
+from pluto_fs.writeback.namespace import Namespace
+from pluto_fs.writeback.nodes import DirNode, FileNode, SymlinkNode
 
 OWN = [0o750, 1000, 1000, 11, 12, 13, {"user.a": b"1"}]
 
@@ -39,7 +40,7 @@ def _format_1_journal(path: Path, dirs: list[tuple[bytes, str, int, bytes]], fil
 
 
 def _format_1_state(own: list, rows: list[list], new: bool) -> bytes:
-    """FsModel._state of format 1: [layout 1, own attributes, one row per child, never published]."""
+    """The whole-directory state of format 1: [layout 1, own attributes, one row per child, never published]."""
     return cbor2.dumps([1, own, rows, new])
 
 
@@ -72,7 +73,7 @@ def test_format_1_journal_is_migrated_on_open_and_restores_the_same_tree(tmp_pat
             "link", "pending.bin", "published.txt", "sub"]
         assert journal.pending_files() == {"c0ffee": 5}
 
-        model = FsModel(None, journal, cache, root_cap)  # type: ignore[arg-type]  # no network needed
+        model = Namespace(None, journal, cache, root_cap)  # type: ignore[arg-type]  # no network needed
         kids = trio.run(model.children, model.root)
         assert model.root.seq == 7 and model.root.mode == 0o750 and model.root.xattrs == {"user.a": b"1"}
         assert isinstance(kids["published.txt"], FileNode) and kids["published.txt"].content == InlineData(b"tiny")
@@ -171,7 +172,7 @@ def test_journal_writes_per_change_do_not_grow_with_the_directory(tmp_path: Path
     try:
         root_cap = new_directory_cap()
         cache = tmp_path / "files"
-        model = FsModel(None, journal, cache, root_cap)  # type: ignore[arg-type]
+        model = Namespace(None, journal, cache, root_cap)  # type: ignore[arg-type]
         model.root.children = {}
         statements: list[str] = []
         journal.db.set_trace_callback(statements.append)
