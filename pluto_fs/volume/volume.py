@@ -293,10 +293,6 @@ class Volume:
         """
         return await self._chunks.get(ref.sealed_hash, lambda: self._fetch_chunk(ref))
 
-    # Transitional: pluto_fs/writeback/fsmodel.py (`materialize`) still calls the old private
-    # name. Remove this line when it calls `chunk`.
-    _chunk = chunk
-
     async def _fetch_chunk(self, ref: ChunkRef) -> bytes:
         try:
             locator = Locator.decode(ref.locator)
