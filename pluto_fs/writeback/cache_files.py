@@ -67,6 +67,6 @@ class CacheFiles:
                 else:
                     manifest = await volume.manifest(node.content, node.size)
                     for ref in manifest.chunks:
-                        f.write(await volume._chunk(ref))
+                        f.write(await volume.chunk(ref))
         node.cache_id = cache_id
         return path

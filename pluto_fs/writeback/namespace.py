@@ -26,9 +26,9 @@ from cryptree.dirnode import (
     DirEntry,
     DirLink,
     Symlink,
-    child_write_cap,
     new_directory_cap,
 )
+from pluto_fs.volume.tree import child_cap
 from pluto_fs.volume.volume import Volume
 from pluto_fs.writeback.cache_files import CacheFiles
 from pluto_fs.writeback.folder_merge import merge_remote
@@ -200,10 +200,7 @@ class Namespace:
         common = (self.inodes.new_ino(), e.name, d, e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns,
                   dict(e.xattrs))
         if isinstance(e.child, DirLink):
-            cap: WriteCap | ReadCap = e.child.cap
-            if isinstance(d.cap, WriteCap) and e.child.wrapped_writer is not None:
-                cap = child_write_cap(d.cap, e)
-            node: Node = DirNode(*common, cap=cap)
+            node: Node = DirNode(*common, cap=child_cap(d.cap, e))
         elif isinstance(e.child, Symlink):
             node = SymlinkNode(*common, target=e.child.target)
         else:
