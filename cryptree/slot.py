@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from cryptree.errors import CryptreeError
+
 _DOMAIN = b"pluto/slot/v1\x00"
 MAX_SLOT_PAYLOAD = 4 * 1024 * 1024
 MAX_SEQ = 2**63 - 1
 
 
-class SlotError(ValueError):
+class SlotError(CryptreeError):
     """A slot that is malformed or whose signature does not verify."""
 
 
