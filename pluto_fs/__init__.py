@@ -1,1 +1,2 @@
-"""pluto's product layer: FUSE driver, volume engine, local cache, CLI."""
+"""pluto's product layer, in sub-packages that import downwards only (docs/ARCHITECTURE.md):
+cli → mount → writeback → volume → store / net, with grid (local grids) and home beside them."""

@@ -1,1 +1,2 @@
-"""trio networking for pluto: Noise channels, CBOR RPC, storage peer, coordinator."""
+"""trio networking for pluto (docs/ARCHITECTURE.md): protocol (Noise channels, CBOR RPC),
+peer (the storage peer and its client), coordinator (registry, directory, mailboxes, client)."""
