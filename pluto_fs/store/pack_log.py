@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from transport.sqlite_db import Database
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS packs (writer BLOB PRIMARY KEY, nonce BLOB NOT NULL, read_key BLOB NOT NULL, "
@@ -34,16 +36,17 @@ class PackLog:
     """Append-mostly record of uploaded packs."""
 
     def __init__(self, path: Path) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards `_unwritten` (the database has its own lock)
         self._unwritten: dict[bytes, Row] = {}  # rows the disk did not take yet, by writer
-        self.db = sqlite3.connect(Path(path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(_SCHEMA)
-        if "short" not in {row[1] for row in self.db.execute("PRAGMA table_info(packs)")}:
-            try:
-                self.db.execute(_ADD_SHORT)  # a log written before short packs existed
-            except sqlite3.OperationalError:
-                pass  # another process (mount and `pluto check`) added it first
+        # NORMAL: a lost row only leaks space on peers (see above), never data.
+        self.db = Database(Path(path), _SCHEMA, synchronous="NORMAL")
+        with self.db.reading() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(packs)")}
+            if "short" not in columns:
+                try:
+                    conn.execute(_ADD_SHORT)  # a log written before short packs existed
+                except sqlite3.OperationalError:
+                    pass  # another process (mount and `pluto check`) added it first
 
     def add(self, writer: bytes, nonce: bytes, read_key: bytes, short: bool = False) -> None:
         """Record an uploaded pack (`short`: some fragment column has no peer yet). Kept in memory until
@@ -53,9 +56,10 @@ class PackLog:
             self._write_unwritten()
 
     def _write_unwritten(self) -> None:
+        rows = list(self._unwritten.values())
         try:
-            self.db.executemany("INSERT OR IGNORE INTO packs(writer, nonce, read_key, created, short) "
-                                "VALUES (?,?,?,?,?)", list(self._unwritten.values()))
+            self.db.run_sync(lambda conn: conn.executemany(
+                "INSERT OR IGNORE INTO packs(writer, nonce, read_key, created, short) VALUES (?,?,?,?,?)", rows))
         except sqlite3.OperationalError as exc:
             if len(self._unwritten) == 1:  # once per run of failures, not per pack
                 log.warning("could not record an uploaded pack in the local pack log (%s); kept in memory "
@@ -70,12 +74,13 @@ class PackLog:
             if row is not None:
                 self._unwritten[writer] = (*row[:4], int(short))
                 return
-            self.db.execute("UPDATE packs SET short=? WHERE writer=?", (int(short), writer))
+            with self.db.reading() as conn:
+                conn.execute("UPDATE packs SET short=? WHERE writer=?", (int(short), writer))
 
     def short(self) -> list[tuple[bytes, bytes, bytes]]:
         """(writer, nonce, read key) of every logged pack with a fragment column without a peer."""
-        with self._lock:
-            rows = self.db.execute("SELECT writer, nonce, read_key FROM packs WHERE short != 0").fetchall()
+        with self._lock, self.db.reading() as conn:
+            rows = conn.execute("SELECT writer, nonce, read_key FROM packs WHERE short != 0").fetchall()
             pending = [(w, n, k) for w, n, k, _, short in self._unwritten.values() if short]
         return [(bytes(w), bytes(n), bytes(k)) for w, n, k in rows] + pending
 
@@ -84,12 +89,13 @@ class PackLog:
         with self._lock:
             if writer in self._unwritten:
                 return True
-            return self.db.execute("SELECT 1 FROM packs WHERE writer=?", (writer,)).fetchone() is not None
+        with self.db.reading() as conn:
+            return conn.execute("SELECT 1 FROM packs WHERE writer=?", (writer,)).fetchone() is not None
 
     def all(self) -> list[tuple[bytes, bytes, bytes, float]]:
         """(writer, nonce, read key, created) of every pack logged."""
-        with self._lock:
-            rows = self.db.execute("SELECT writer, nonce, read_key, created FROM packs").fetchall()
+        with self._lock, self.db.reading() as conn:
+            rows = conn.execute("SELECT writer, nonce, read_key, created FROM packs").fetchall()
             stored = [(bytes(w), bytes(n), bytes(k), c) for w, n, k, c in rows]
             return stored + [row[:4] for row in self._unwritten.values()]
 
@@ -97,7 +103,8 @@ class PackLog:
         """Forget a pack that was deleted."""
         with self._lock:
             self._unwritten.pop(writer, None)
-            self.db.execute("DELETE FROM packs WHERE writer=?", (writer,))
+        with self.db.reading() as conn:
+            conn.execute("DELETE FROM packs WHERE writer=?", (writer,))
 
     def close(self) -> None:
         """Write what is still in memory if the disk takes it now, then close the database."""

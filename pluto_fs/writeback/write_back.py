@@ -70,8 +70,8 @@ class WriteBack:
         self._ns = namespace
         self._volume = volume
         self._journal = journal
-        # Files being uploaded and the event set when that upload ends. fsync and the
-        # write-back used to store the same file at once (twice the sealing and traffic).
+        # Files being uploaded and the event set when that upload ends: an fsync that finds
+        # the write-back storing its file waits for it instead of storing it a second time.
         self._uploading: dict[FileNode, trio.Event] = {}
         # Folders to read again from the network (opened after REFRESH_AFTER). The kernel is not
         # told which names a merge changed: it trusts entries for ENTRY_TIMEOUT (1 s) anyway, and a
