@@ -120,7 +120,7 @@ def _call_with_a_broken_model(
     Anything but a FUSEError (or a normal return) escaping here would end
     `pyfuse3.main()`, and the mount with it: that fails the test at once.
     """
-    ops = PlutoOperations(_BrokenModel(), op_timeout=5.0)  # type: ignore[arg-type]
+    ops = PlutoOperations(_BrokenModel(), _BrokenModel(), op_timeout=5.0)  # type: ignore[arg-type]
     handler = getattr(ops, name)
     params = inspect.signature(handler).parameters.values()
     args = [_dummy(p) for p in params if p.default is inspect.Parameter.empty]
