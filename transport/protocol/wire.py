@@ -24,6 +24,7 @@ this check refuses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
 import cbor2
@@ -112,7 +113,10 @@ def decode(buf: bytes | bytearray | memoryview) -> Message:
     if len(buf) > MESSAGE_MAX:
         raise ProtocolError("message too large")
     try:
-        obj = cbor2.loads(buf, tag_hook=_reject_tag, str_errors="strict")
+        with BytesIO(buf) as fp:
+            obj = cbor2.CBORDecoder(fp, tag_hook=_reject_tag, str_errors="strict").decode()
+            if fp.tell() != len(buf):
+                raise ProtocolError(f"{len(buf) - fp.tell()} bytes after the CBOR message")
     except ProtocolError:
         raise
     except RecursionError as exc:
