@@ -159,6 +159,7 @@ class RpcConnection:
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _pending: dict[int, _Pending] = field(default_factory=dict)
     _serving: dict[int, trio.MemorySendChannel[memoryview | bytes] | None] = field(default_factory=dict)
+    last_active: float = -math.inf  # trio time of the last message received (-inf: none yet)
     _closed: bool = False
     _close_reason: str = ""
     _call_slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(CONCURRENT_REQUESTS_MAX))
@@ -237,6 +238,7 @@ class RpcConnection:
                 if timed:
                     idle.deadline = trio.current_time() + idle_timeout
                 raw = await receive()
+                self.last_active = trio.current_time()
                 msg = _decode_piece(raw) or wire.decode(raw)
                 kind = msg.kind
                 if kind == wire.REQUEST:

@@ -14,7 +14,8 @@ from typing import Any
 import trio
 
 from transport.errors import HandshakeError
-from transport.protocol.limits import CONNECTIONS_MAX, HANDSHAKE_TIMEOUT
+from transport.protocol.gate import Admission, Gate
+from transport.protocol.limits import HANDSHAKE_TIMEOUT
 from transport.protocol.noise_channel import handshake
 from transport.protocol.rpc import CallContext, RpcConnection, server_connection
 from transport.protocol.wire import Map
@@ -50,36 +51,57 @@ async def serve_rpc(
     port: int,
     *,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    gate: Gate | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on host:port and serve `service` to every authenticated connection."""
-    active = 0
+    """Listen on host:port and serve `service` to every authenticated connection.
+
+    Admission (handshake slots, connection slots, the shared receive
+    budget) is decided by `gate`, a fresh `Gate` with the default limits
+    unless one is given.
+    """
+    gate = gate or Gate()
 
     async def handle(stream: trio.SocketStream) -> None:
-        nonlocal active
         try:
             peer = stream.socket.getpeername()
-            address = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+            ip = str(peer[0])
+            address = f"[{ip}]:{peer[1]}" if ":" in ip else f"{ip}:{peer[1]}"
         except OSError:
-            address = "?"
-        if active >= CONNECTIONS_MAX:
-            log.warning("refusing %s: %d connections already open", address, active)
-            await stream.aclose()
-            return
-        active += 1
+            ip = address = "?"
+        adm = gate.arrive(ip, address)
         try:
-            try:
-                channel = await handshake(stream, static_private, initiator=False, timeout=handshake_timeout)
-            except HandshakeError as exc:
-                log.info("dropped %s: %s", address, exc)
-                await stream.aclose()
-                return
-            conn = server_connection(channel, address, service.dispatch, service.UPLOAD_METHODS)
-            service.on_connection(conn)
-            await conn.serve()
+            with adm.scope:
+                try:
+                    channel = await handshake(stream, static_private, initiator=False, timeout=handshake_timeout)
+                except HandshakeError as exc:
+                    log.info("dropped %s: %s", address, exc)
+                    return
+                conn = server_connection(channel, address, service.dispatch, service.UPLOAD_METHODS)
+                gate.authenticated(adm, conn)
+                service.on_connection(conn)
+                await conn.serve()
+            if adm.scope.cancelled_caught:
+                log.info("dropped %s: %s", address, adm.dropped or channel_reason(adm))
         finally:
-            active -= 1
+            gate.leave(adm)
+            await _close_quietly(stream)
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
     await trio.serve_listeners(handle, listeners)
+
+
+def channel_reason(adm: Admission) -> str:
+    """Why a connection the gate did not drop itself was cancelled (the shared receive budget)."""
+    if adm.conn is not None and adm.conn.channel.dropped:
+        return adm.conn.channel.dropped
+    return "cancelled"
+
+
+async def _close_quietly(stream: trio.SocketStream) -> None:
+    with trio.CancelScope(shield=True):
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
