@@ -1,0 +1,1 @@
+"""Attack scripts against a local grid: each prints what was tried, what it cost, what an honest client saw."""
