@@ -119,7 +119,7 @@ async def _registered(pool: PeerPool, coordinator: str, peers: int) -> None:
     await trio.sleep(1.0)
 
 
-async def _attacks(grid: LocalGrid, trickle: float, grace: int) -> None:
+async def _trickle(grid: LocalGrid, trickle: float) -> None:
     assert grid.coordinator is not None
     target = grid.storage[0].address
     async with open_pool(bytes(PrivateKey.generate())) as attacker_pool, open_pool(
@@ -129,31 +129,39 @@ async def _attacks(grid: LocalGrid, trickle: float, grace: int) -> None:
         honest = StoragePeerClient(await honest_pool.get(target), timeout=30)
         before = await honest.usage()
         ends: Counter[str] = Counter()
-        seen: dict[str, object] = {}
+        took = 0.0
         async with trio.open_nursery() as nursery:
 
             async def attack() -> None:
+                nonlocal took
+                start = trio.current_time()
                 ends.update(await trickle_attack(await attacker_pool.get(target), 40, 64 * MIB, 8.0, trickle))
+                took = trio.current_time() - start
 
             nursery.start_soon(attack)
-            await trio.sleep(min(5.0, trickle / 2))
+            await trio.sleep(min(10.0, trickle / 2))
             during = await honest.usage()
             data = os.urandom(MIB)
             try:
                 await honest.put_fragment(merkle_root(data), data)
-                seen["put"] = "1 MiB put stored"
+                put = "1 MiB put stored"
             except RemoteError as exc:
-                seen["put"] = f"1 MiB put refused ({exc.code}: {exc.message})"
+                put = f"1 MiB put refused ({exc.code}: {exc.message})"
         after = await honest.usage()
         sent = ends.pop("bytes sent", 0)
         print(
             f"trickle: 40 puts announcing 64 MiB on one connection, 1 byte / 8 s for up to {trickle:g} s | "
-            f"attacker cost: {sent} bytes sent, outcomes {dict(ends)} | "
+            f"attacker cost: {sent} bytes sent over {took:.0f} s, outcomes {dict(ends)} | "
             f"honest client: free {before['free'] / MIB:.1f} MiB before, {during['free'] / MIB:.1f} MiB during, "
-            f"{after['free'] / MIB:.1f} MiB after; {seen['put']}"
+            f"{after['free'] / MIB:.1f} MiB after; {put}"
         )
 
-        fresh = StoragePeerClient(await attacker_pool.get(target), timeout=30)
+
+async def _race(grid: LocalGrid, grace: int) -> None:
+    assert grid.coordinator is not None
+    async with open_pool(bytes(PrivateKey.generate())) as pool:
+        await _registered(pool, grid.coordinator.address, len(grid.storage))
+        fresh = StoragePeerClient(await pool.get(grid.storage[0].address), timeout=30)
         race = await race_puts(fresh, 60, MIB)
         stored = (await fresh.usage())["client_used"]
         print(
@@ -167,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trickle", type=float, default=75.0, help="seconds the trickling attacker keeps going")
     args = p.parse_args(argv)
-    grace = 30 * MIB
     with tempfile.TemporaryDirectory(prefix="pluto-attack-") as tmp:
-        with LocalGrid(Path(tmp), peers=1, capacity="2G", grace="30M", log_level="warning") as grid:
-            trio.run(_attacks, grid, args.trickle, grace)
+        # A grace above 40 x 64 MiB, so the exchange check does not stop the announcements first.
+        with LocalGrid(Path(tmp) / "a", peers=1, capacity="2G", grace="4G", log_level="warning") as grid:
+            trio.run(_trickle, grid, args.trickle)
+        with LocalGrid(Path(tmp) / "b", peers=1, capacity="2G", grace="30M", log_level="warning") as grid:
+            trio.run(_race, grid, 30 * MIB)
     return 0
 
 
