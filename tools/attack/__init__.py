@@ -1,1 +1,2 @@
-"""Attacks on a local grid, to check the transport's defences (see docs/TRANSPORT.md "Floods")."""
+"""Attack scripts against a local grid: each prints what was tried, what it cost, what an honest client saw
+(docs/TRANSPORT.md "Floods", docs/TRUST.md)."""

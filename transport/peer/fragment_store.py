@@ -24,6 +24,9 @@ Accounting: every fragment is charged to each client that claimed it
 version; the peer as a whole never holds more than its capacity. The totals
 are summed from the index once at start and then kept as running counters,
 so admitting an upload costs the same with 10 fragments as with 100,000.
+An upload in flight holds only the bytes it has received so far (a
+`Reservation`), so announcing a large fragment and sending nothing holds
+nothing; the bounds are in transport/peer/limits.py.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from typing import TypeVar
 from cryptree.merkle import LEAF_SIZE, MerkleBuilder, merkle_proof
 from cryptree.slot import SignedSlot, SlotError
 from transport.errors import RemoteError
+from transport.peer.limits import RESERVED_PER_CLIENT_MAX, UPLOADS_PER_CLIENT_MAX
 from transport.sqlite_db import Database
 
 T = TypeVar("T")
@@ -104,8 +108,10 @@ class FragmentStore:
         # NORMAL: a commit survives a killed process; after power loss the index is rebuilt
         # from the fragment files (see _reconcile), and slots are replicated on several peers.
         self.db = Database(self.root / "index.sqlite", _SCHEMA, synchronous="NORMAL")
-        self._reserved = 0  # bytes promised to uploads in flight
-        self._acct = threading.Lock()  # guards the two running totals below; never held across I/O
+        self._acct = threading.Lock()  # guards the running totals below; never held across I/O
+        self._reserved = 0  # bytes received by uploads in flight, not yet committed
+        self._reserved_by: dict[bytes, int] = {}  # the same per client
+        self._uploads_by: dict[bytes, int] = {}  # uploads in flight per client
         self._total = 0  # bytes held: fragments + slot payloads
         self._by_client: dict[bytes, int] = {}  # bytes charged per client: claims + slot payloads
         self.replaced = 0  # corrupt fragment files replaced by a verified upload of the same id
@@ -208,11 +214,6 @@ class FragmentStore:
                 else:
                     self._by_client.pop(client, None)
 
-    def _counted(self, client: bytes) -> tuple[int, int]:
-        """(bytes held in all, bytes charged to `client`) from the running totals."""
-        with self._acct:
-            return self._total, self._by_client.get(client, 0)
-
     def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """db.run_sync, but re-sum the totals if the transaction failed after `fn` charged them.
 
@@ -230,8 +231,8 @@ class FragmentStore:
 
     def usage(self, client: bytes) -> Usage:
         """Current usage of the store and of `client` (no index query: running totals)."""
-        total, mine = self._counted(client)
-        return Usage(self.capacity, total + self._reserved, mine, self.client_quota)
+        with self._acct:
+            return Usage(self.capacity, self._total + self._reserved, self._by_client.get(client, 0), self.client_quota)
 
     def client_usage(self, limit: int = 10_000) -> list[tuple[bytes, int]]:
         """Raw bytes held per client (fragments claimed + slots), largest first."""
@@ -252,23 +253,64 @@ class FragmentStore:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize - DISK_RESERVE
 
-    def reserve(self, client: bytes, size: int) -> None:
-        """Promise `size` bytes to an upload, or refuse with a clear reason."""
-        use = self.usage(client)
-        if use.client_used + size > use.client_quota:
-            raise RemoteError(
-                "quota",
-                f"client quota exceeded: {use.client_used} of {use.client_quota} bytes used, {size} more asked",
-            )
-        if use.used + size > use.capacity:
-            raise RemoteError("full", f"peer is full: {use.free} bytes free, {size} asked")
+    def admit(self, client: bytes, size: int) -> Reservation:
+        """Check that an announced upload of `size` bytes would fit, and open its reservation.
+
+        The reservation starts empty and grows only as bytes arrive
+        (`Reservation.grow`): announcing a size holds no space. What is
+        checked here, in one step under the accounting lock, is that the
+        whole upload would fit now — the client's quota counting its stored
+        and in-flight bytes, the capacity counting every reservation — so an
+        honest upload that cannot fit is refused before it is sent; and that
+        the client has fewer than `UPLOADS_PER_CLIENT_MAX` uploads open.
+        """
         if size > self._disk_free():
             raise RemoteError("full", "peer disk is full")
-        self._reserved += size
+        with self._acct:
+            mine = self._by_client.get(client, 0) + self._reserved_by.get(client, 0)
+            if mine + size > self.client_quota:
+                raise RemoteError(
+                    "quota",
+                    f"client quota exceeded: {mine} of {self.client_quota} bytes used or arriving, {size} more asked",
+                )
+            used = self._total + self._reserved
+            if used + size > self.capacity:
+                raise RemoteError("full", f"peer is full: {max(0, self.capacity - used)} bytes free, {size} asked")
+            if self._uploads_by.get(client, 0) >= UPLOADS_PER_CLIENT_MAX:
+                raise RemoteError("busy", f"you have {UPLOADS_PER_CLIENT_MAX} uploads in flight here; wait for one")
+            self._uploads_by[client] = self._uploads_by.get(client, 0) + 1
+        return Reservation(self, client, size)
 
-    def release(self, size: int) -> None:
-        """Return a reservation (upload finished or failed)."""
-        self._reserved -= size
+    def reserved(self, client: bytes | None = None) -> int:
+        """Bytes reserved by uploads in flight (received, not yet committed), of `client` or of all."""
+        with self._acct:
+            return self._reserved if client is None else self._reserved_by.get(client, 0)
+
+    def _grow(self, client: bytes, n: int) -> None:
+        with self._acct:
+            mine = self._reserved_by.get(client, 0)
+            if self._by_client.get(client, 0) + mine + n > self.client_quota:
+                raise RemoteError("quota", f"client quota exceeded: {self.client_quota} bytes")
+            if self._total + self._reserved + n > self.capacity:
+                raise RemoteError("full", "peer is full")
+            if mine + n > RESERVED_PER_CLIENT_MAX:
+                raise RemoteError("busy", f"you have {mine} bytes arriving here; at most {RESERVED_PER_CLIENT_MAX}")
+            self._reserved += n
+            self._reserved_by[client] = mine + n
+
+    def _release(self, client: bytes, held: int) -> None:
+        with self._acct:
+            self._reserved -= held
+            left = self._reserved_by.get(client, 0) - held
+            if left:
+                self._reserved_by[client] = left
+            else:
+                self._reserved_by.pop(client, None)
+            uploads = self._uploads_by.get(client, 0) - 1
+            if uploads > 0:
+                self._uploads_by[client] = uploads
+            else:
+                self._uploads_by.pop(client, None)
 
     # ---- fragments ------------------------------------------------------------
 
@@ -393,10 +435,12 @@ class FragmentStore:
                 raise RemoteError("stale_seq", f"slot holds sequence {row[0]}; a write needs a higher one")
             old_size = row[1] if row is not None and bytes(row[2]) == client else 0
             grow = len(slot.payload) - old_size
-            total, mine = self._counted(client)
+            with self._acct:
+                mine = self._by_client.get(client, 0) + self._reserved_by.get(client, 0)
+                held = self._total + self._reserved
             if grow > 0 and mine + grow > self.client_quota:
                 raise RemoteError("quota", "client quota exceeded by this slot")
-            if grow > 0 and total + self._reserved + grow > self.capacity:
+            if grow > 0 and held + grow > self.capacity:
                 raise RemoteError("full", "peer is full")
             conn.execute(
                 "INSERT OR REPLACE INTO slots(writer, seq, payload, signature, client) VALUES (?,?,?,?,?)",
@@ -421,6 +465,33 @@ class FragmentStore:
     def close(self) -> None:
         """Close the index."""
         self.db.close()
+
+
+class Reservation:
+    """Space held for one upload in flight: grows as its bytes arrive, released once at the end.
+
+    Opened by `FragmentStore.admit`; used from the event loop (each call
+    takes the accounting lock briefly, no I/O).
+    """
+
+    def __init__(self, store: FragmentStore, client: bytes, size: int) -> None:
+        self.store = store
+        self.client = client
+        self.size = size  # announced
+        self.held = 0
+        self._open = True
+
+    def grow(self, n: int) -> None:
+        """Hold `n` more bytes (they have arrived), or refuse: quota, full, or busy."""
+        self.store._grow(self.client, n)
+        self.held += n
+
+    def release(self) -> None:
+        """Give back everything held and the upload's place (idempotent)."""
+        if self._open:
+            self._open = False
+            self.store._release(self.client, self.held)
+            self.held = 0
 
 
 class Upload:
