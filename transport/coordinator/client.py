@@ -288,9 +288,20 @@ class CoordinatorClient:
             raise ProtocolError("malformed coordinator answer: the same peer listed twice")
         return out
 
-    async def report_audit(self, peer: bytes, ok: bool) -> bool:
-        """Report an audit outcome for `peer`; False if it was not counted (reported too recently)."""
-        return _check(get_bool, _dict(await self._call("report_audit", {"peer": peer, "ok": ok})), "counted")
+    async def report_audit(self, peer: bytes, ok: bool | None = None, *, passed: int = 0, failed: int = 0) -> bool:
+        """Report how `peer` did: one outcome (`ok`), or one audit run's `passed` and `failed` counts.
+
+        False if it was not counted: the peer stores nothing for this client
+        (as far as the coordinator knows), or a clean report came too soon
+        after the last one. Rules: docs/TRUST.md "Reputation".
+        """
+        if ok is not None:
+            args: dict[str, object] = {"peer": peer, "ok": ok}
+        else:
+            if passed < 0 or failed < 0 or passed + failed == 0:
+                raise ValueError("a report needs at least one passed or failed challenge")
+            args = {"peer": peer, "passed": passed, "failed": failed}
+        return _check(get_bool, _dict(await self._call("report_audit", args)), "counted")
 
     # ---- usernames ---------------------------------------------------------
 

@@ -21,7 +21,15 @@ class CoordinatorLimits:
     mailbox_rate_window: float = 60.0
     mailbox_total_max: int = 1_000_000  # all mailboxes together: ~1 GiB of blobs at most
     challenge_ttl: float = 60.0
-    audit_report_interval: float = 10.0  # per reporter per peer
+    audit_report_interval: float = 10.0  # clean reports per reporter per peer: one counts per interval
+    # A reporter counts fully once the audited peer reports storing this much for it (less: in
+    # proportion; nothing: not at all). See reputation.reporter_weight.
+    audit_full_weight_bytes: int = 1 << 20
+    # Reporters whose latest report on a peer had failures, summed by weight: this much disqualifies.
+    open_failure_weight: float = 0.5
+    # ...until those reporters' own later audits pass, or this long: clients do not audit a
+    # disqualified peer, so without an end a failure would outlast any repair of the peer.
+    open_failure_hold: float = 86400.0
     find_peers_max: int = 256
     exclude_max: int = 1024
     list_peers_max: int = 10_000  # keeps the answer far below the RPC message limit

@@ -23,8 +23,11 @@ import time
 from collections import deque
 from typing import Any, Literal
 
+import trio
+
 from transport.coordinator.limits import CoordinatorLimits
 from transport.coordinator.messages import NONCE_SIZE, mailbox_message, verify_ed25519
+from transport.coordinator.schema import erase_old_frames
 from transport.errors import RemoteError
 from transport.sqlite_db import Database, row_dicts
 
@@ -107,7 +110,13 @@ class Mailboxes:
         return await self.db.run(read)
 
     async def delete(self, mailbox: bytes, ids: set[int]) -> int:
-        """Delete the blobs `ids` from `mailbox`; returns how many existed (the caller has proved ownership)."""
+        """Delete the blobs `ids` from `mailbox`; returns how many existed (the caller has proved ownership).
+
+        Order: delete (secure_delete zeroes the rows in their pages), commit,
+        then checkpoint and truncate the WAL (schema.erase_old_frames), so
+        when this returns the blobs' bytes are in neither coordinator.sqlite
+        nor its -wal.
+        """
 
         def write(conn: sqlite3.Connection) -> int:
             deleted = 0
@@ -115,7 +124,10 @@ class Mailboxes:
                 deleted += conn.execute("DELETE FROM mail WHERE mailbox = ? AND id = ?", (mailbox, blob_id)).rowcount
             return deleted
 
-        return await self.db.run(write)
+        deleted = await self.db.run(write)
+        if deleted:
+            await trio.to_thread.run_sync(erase_old_frames, self.db)
+        return deleted
 
     def forget_expired(self, mono: float) -> None:
         """Drop quiet deposit windows and expired nonces (monotonic time `mono`)."""

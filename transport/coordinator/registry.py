@@ -6,8 +6,13 @@ each peer reports storing for each client) and answers the questions
 clients ask before placing data: which peers to use, where a peer is now,
 and how much a client may store.
 
-Audit reporters are kept only in memory, for the report rate bound:
-persisting them would record which client keeps data on which peer.
+Which client stores how much on which peer is kept in memory only, as the
+peer's latest heartbeat said it (a restart forgets it; every live peer
+says it again within one heartbeat interval): it is what the storage
+exchange sums and what proves an audit reporter has data on the peer it
+reports, and written to disk it would record who keeps data where. Audit
+reporters (the rate bound, and whose latest report had failures) are kept
+in memory for the same reason. Rules: docs/TRUST.md "Reputation".
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ import time
 from typing import Any, cast
 
 from transport.coordinator.limits import CoordinatorLimits
-from transport.coordinator.reputation import PeerRow, PeerView, add_audit, judge_peer
+from transport.coordinator.reputation import (
+    FAILURES_PER_REPORT_MAX,
+    PeerRow,
+    PeerView,
+    add_audit,
+    judge_peer,
+    reporter_weight,
+)
 from transport.errors import RemoteError
 from transport.sqlite_db import Database, row_dicts
 
@@ -84,10 +96,37 @@ class PeerRegistry:
         self.limits = limits
         self.heartbeat_interval = float(heartbeat_interval)
         self._rng = secrets.SystemRandom()
-        self._audit_last: dict[tuple[bytes, bytes], float] = {}  # (reporter, peer) -> monotonic time
+        self._audit_last: dict[tuple[bytes, bytes], float] = {}  # (reporter, peer) -> last clean report (monotonic)
+        # peer -> reporter -> (weight, monotonic time) of that reporter's latest report, if it had failures
+        self._open_failures: dict[bytes, dict[bytes, tuple[float, float]]] = {}
+        self._usage: dict[bytes, dict[bytes, int]] = {}  # peer -> client -> raw bytes, as the peer last said
+        self._client_used: dict[bytes, int] = {}  # client -> raw bytes on all peers (the sum of _usage)
 
     def _view(self, row: PeerRow, now: float) -> PeerView:
-        return judge_peer(row, now, self.limits)
+        return judge_peer(row, now, self.limits, self.open_failures(row["id"], time.monotonic()))
+
+    def open_failures(self, peer: bytes, mono: float) -> float:
+        """Summed weight of reporters whose latest report on `peer` had failures, within `open_failure_hold`."""
+        hold = self.limits.open_failure_hold
+        return sum(w for w, t in self._open_failures.get(peer, {}).values() if mono - t < hold)
+
+    def _set_usage(self, peer: bytes, clients: list[tuple[bytes, int]]) -> None:
+        """Replace what `peer` stores per client, keeping the per-client totals in step."""
+        for client, amount in self._usage.pop(peer, {}).items():
+            left = self._client_used.get(client, 0) - amount
+            if left > 0:
+                self._client_used[client] = left
+            else:
+                self._client_used.pop(client, None)
+        fresh = {c: b for c, b in clients if b > 0}
+        if fresh:
+            self._usage[peer] = fresh
+        for client, amount in fresh.items():
+            self._client_used[client] = self._client_used.get(client, 0) + amount
+
+    def stored_for(self, peer: bytes, client: bytes) -> int:
+        """Raw bytes `peer` last reported storing for `client` (0 if none, or not since this process started)."""
+        return self._usage.get(peer, {}).get(client, 0)
 
     # ---- what peers tell us ------------------------------------------------
 
@@ -127,17 +166,12 @@ class PeerRegistry:
     async def heartbeat(self, peer: bytes, free: int, used: int, clients: list[tuple[bytes, int]] | None) -> float:
         """Record that `peer` is alive with `free` and `used` bytes; returns its heartbeat interval.
 
-        `clients`, when given, replaces what the peer stores for each client.
+        `clients`, when given, replaces what the peer stores for each client
+        (in memory only, see the module docstring).
         """
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> float:
-            if clients is not None:
-                conn.execute("DELETE FROM usage WHERE peer = ?", (peer,))
-                conn.executemany(
-                    "INSERT OR REPLACE INTO usage(peer, client, bytes) VALUES (?, ?, ?)",
-                    [(peer, c, b) for c, b in clients],
-                )
             row = conn.execute(
                 "SELECT heartbeat_interval, last_counted, capacity FROM peers WHERE id = ?", (peer,)
             ).fetchone()
@@ -156,37 +190,61 @@ class PeerRegistry:
             )
             return float(interval)
 
-        return await self.db.run(write)
+        interval = await self.db.run(write)  # raises not_registered before any usage is believed
+        if clients is not None:
+            self._set_usage(peer, clients)
+        return interval
 
-    async def report_audit(self, reporter: bytes, peer: bytes, ok: bool) -> bool:
-        """Count one audit outcome against `peer`; False if `reporter` reported it too recently.
+    async def report_audit(self, reporter: bytes, peer: bytes, passed: int, failed: int) -> bool:
+        """Count one audit run of `reporter` against `peer`: `passed` and `failed` challenges.
 
-        At most one report per reporter per peer per `audit_report_interval`.
+        Returns False when it does not count: `peer` reports storing nothing
+        for `reporter` (no proof it has anything there to audit), or it is a
+        clean report within `audit_report_interval` of the reporter's last
+        counted clean one. Reports with failures are never rate-bounded away:
+        every failure of a run counts (up to FAILURES_PER_REPORT_MAX). A report
+        with failures opens a failure for this reporter that disqualifies the
+        peer (see judge_peer) until a later clean report by the same
+        reporter closes it; clean reports from anyone else cannot.
         """
         if reporter == peer:
             raise RemoteError("self_report", "a peer cannot audit itself")
+        if passed <= 0 and failed <= 0:
+            return False
         now = time.time()
         mono = time.monotonic()
+        ok = failed == 0
+        weight = reporter_weight(self.stored_for(peer, reporter), self.limits.audit_full_weight_bytes)
         key = (reporter, peer)
-        last = self._audit_last.get(key)
-        if last is not None and mono - last < self.limits.audit_report_interval:
-            return False
+        if ok:
+            last = self._audit_last.get(key)
+            if last is not None and mono - last < self.limits.audit_report_interval:
+                return False
 
         def write(conn: sqlite3.Connection) -> bool:
             row = conn.execute("SELECT ok_w, fail_w, rep_at FROM peers WHERE id = ?", (peer,)).fetchone()
             if row is None:
+                raise RemoteError("not_found", "no such peer")
+            if weight <= 0:
                 return False
-            ok_w, fail_w = add_audit(row[0], row[1], now - row[2], ok)
+            ok_w, fail_w = add_audit(row[0], row[1], now - row[2], ok, failed=failed, weight=weight)
             conn.execute(
                 "UPDATE peers SET ok_w = ?, fail_w = ?, rep_at = ?, audits_ok = audits_ok + ?,"
                 " audits_failed = audits_failed + ? WHERE id = ?",
-                (ok_w, fail_w, now, int(ok), int(not ok), peer),
+                (ok_w, fail_w, now, int(ok), 0 if ok else min(failed, FAILURES_PER_REPORT_MAX), peer),
             )
             return True
 
         if not await self.db.run(write):
-            raise RemoteError("not_found", "no such peer")
-        self._audit_last[key] = mono
+            return False
+        opened = self._open_failures.setdefault(peer, {})
+        if ok:
+            self._audit_last[key] = mono
+            opened.pop(reporter, None)
+        else:
+            opened[reporter] = (weight, mono)
+        if not opened:
+            del self._open_failures[peer]
         return True
 
     # ---- what clients ask --------------------------------------------------
@@ -201,16 +259,16 @@ class PeerRegistry:
         now = time.time()
         alive_intervals = self.limits.alive_intervals
 
-        def read(conn: sqlite3.Connection) -> tuple[int, int]:
+        def read(conn: sqlite3.Connection) -> int:
             offered = conn.execute(
                 "SELECT COALESCE(SUM(p.capacity), 0) FROM owners o JOIN peers p ON p.id = o.peer"
                 " WHERE o.owner = ? AND p.suspended = 0 AND p.last_seen >= ? - ? * p.heartbeat_interval",
                 (client, now, alive_intervals),
             ).fetchone()[0]
-            used = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM usage WHERE client = ?", (client,)).fetchone()[0]
-            return int(offered), int(used)
+            return int(offered)
 
-        offered, used = await self.db.run(read)
+        offered = await self.db.run(read)
+        used = self._client_used.get(client, 0)
         grace = self.limits.exchange_grace
         return {"offered": offered, "grace": grace, "allowed": offered + grace, "used": used}
 
@@ -318,12 +376,24 @@ class PeerRegistry:
         interval = self.limits.audit_report_interval
         for key in [k for k, t in self._audit_last.items() if mono - t >= interval]:
             del self._audit_last[key]
+        hold = self.limits.open_failure_hold
+        for peer, opened in list(self._open_failures.items()):
+            for reporter in [r for r, (_, t) in opened.items() if mono - t >= hold]:
+                del opened[reporter]
+            if not opened:
+                del self._open_failures[peer]
 
     async def forget_silent_peers(self) -> int:
         """Delete peers silent for longer than `limits.forget_peer_after`; returns how many."""
         cutoff = time.time() - self.limits.forget_peer_after
 
-        def write(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM peers WHERE last_seen < ?", (cutoff,)).rowcount
+        def write(conn: sqlite3.Connection) -> list[bytes]:
+            gone = [r[0] for r in conn.execute("SELECT id FROM peers WHERE last_seen < ?", (cutoff,))]
+            conn.execute("DELETE FROM peers WHERE last_seen < ?", (cutoff,))
+            return gone
 
-        return await self.db.run(write)
+        gone = await self.db.run(write)
+        for peer in gone:
+            self._set_usage(peer, [])
+            self._open_failures.pop(peer, None)
+        return len(gone)

@@ -13,6 +13,22 @@ from transport.coordinator.limits import CoordinatorLimits
 
 REPUTATION_HALF_LIFE = 7 * 86400.0  # old audit outcomes fade: a week-old failure weighs half
 FAILURE_WEIGHT = 4.0  # a failed proof is evidence of loss or cheating; a pass only of luck so far
+FAILURES_PER_REPORT_MAX = 16  # failures one report can add (times its reporter's weight)
+
+
+def reporter_weight(stored_bytes: int, full_weight_bytes: int) -> float:
+    """How much one reporter's audit report counts, in [0, 1].
+
+    `stored_bytes` is what the audited peer itself last reported storing for
+    the reporter (its heartbeat). A key that stores nothing there has weight
+    0: it has no fragment to challenge, so its "report" is an opinion. A key
+    storing `full_weight_bytes` or more counts fully, and never more, so one
+    big client is one voice and a swarm of keys that each stored a few bytes
+    counts for the bytes they stored, not for their number.
+    """
+    if stored_bytes <= 0:
+        return 0.0
+    return min(1.0, stored_bytes / max(1, full_weight_bytes))
 
 
 def decay_audit_weights(
@@ -37,11 +53,26 @@ def reputation_score(ok_w: float, fail_w: float) -> float:
 
 
 def add_audit(
-    ok_w: float, fail_w: float, elapsed: float, ok: bool, half_life: float = REPUTATION_HALF_LIFE
+    ok_w: float,
+    fail_w: float,
+    elapsed: float,
+    ok: bool,
+    half_life: float = REPUTATION_HALF_LIFE,
+    *,
+    failed: int = 1,
+    weight: float = 1.0,
 ) -> tuple[float, float]:
-    """Weights after forgetting for `elapsed` seconds and then counting one outcome."""
+    """Weights after forgetting for `elapsed` seconds and then counting one report.
+
+    A report with failures adds `weight` per failure (at most
+    FAILURES_PER_REPORT_MAX) to the failed weight and nothing to the ok
+    weight, whatever else passed in that run; a clean report (`ok`) adds
+    `weight` once to the ok weight, however many fragments passed.
+    """
     ok_w, fail_w = decay_audit_weights(ok_w, fail_w, elapsed, half_life)
-    return (ok_w + 1.0, fail_w) if ok else (ok_w, fail_w + 1.0)
+    if ok:
+        return ok_w + weight, fail_w
+    return ok_w, fail_w + weight * min(max(failed, 1), FAILURES_PER_REPORT_MAX)
 
 
 def uptime_fraction(heartbeats: int, first_seen: float, interval: float, now: float) -> float:
@@ -84,8 +115,14 @@ class PeerView:
     member: bool  # counts for where mutable slots live: not disqualified, not silent past membership_grace
 
 
-def judge_peer(row: PeerRow, now: float, limits: CoordinatorLimits) -> PeerView:
-    """What a peer row (the registry's columns) means at time `now` under `limits`."""
+def judge_peer(row: PeerRow, now: float, limits: CoordinatorLimits, open_failures: float = 0.0) -> PeerView:
+    """What a peer row (the registry's columns) means at time `now` under `limits`.
+
+    `open_failures` is the summed weight of reporters whose latest report on
+    this peer had failures (kept by the registry, in memory): at
+    `limits.open_failure_weight` or more the peer is disqualified, whatever
+    its score, until those reporters' own later audits pass.
+    """
     lim = limits
     interval = row["heartbeat_interval"]
     alive = now - row["last_seen"] <= lim.alive_intervals * interval
@@ -96,7 +133,11 @@ def judge_peer(row: PeerRow, now: float, limits: CoordinatorLimits) -> PeerView:
     judged_uptime = (now - row["first_seen"]) / interval >= lim.uptime_grace_heartbeats
     # Low uptime only stops new placements: a flaky peer still holds what it has,
     # whereas a suspended or cheating one cannot be trusted with it.
-    disqualified = bool(row["suspended"]) or (audits >= lim.reputation_min_audits and reputation < lim.reputation_floor)
+    disqualified = (
+        bool(row["suspended"])
+        or open_failures >= lim.open_failure_weight
+        or (audits >= lim.reputation_min_audits and reputation < lim.reputation_floor)
+    )
     eligible = alive and not disqualified and not (judged_uptime and uptime < lim.uptime_floor)
     # Computed here rather than sending last_seen, so client clock skew cannot
     # make a peer look lost (or fresh); clamped in case our clock stepped back.

@@ -38,13 +38,16 @@ CREATE TABLE IF NOT EXISTS owners (     -- storage exchange: whose allowance a p
     owner BLOB NOT NULL                -- the owning client's device key
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS owners_owner ON owners(owner);
-CREATE TABLE IF NOT EXISTS usage (      -- raw bytes each client stores on each peer, as the peer reports
+-- Unused: who stores how much on which peer is kept in memory only (registry.py). The table
+-- stays because tables change only by adding; rows an older coordinator wrote are erased here.
+CREATE TABLE IF NOT EXISTS usage (
     peer BLOB NOT NULL,
     client BLOB NOT NULL,
     bytes INTEGER NOT NULL,
     PRIMARY KEY (peer, client)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_client ON usage(client);
+DELETE FROM usage;
 CREATE TABLE IF NOT EXISTS cards (      -- a user's self-signed contact card (identity + box key)
     username TEXT PRIMARY KEY,
     card BLOB NOT NULL
@@ -73,7 +76,25 @@ PRAGMA user_version = 1;
 
 
 def open_database(data_dir: Path) -> Database:
-    """Open (creating if needed) DATA/coordinator.sqlite with the schema applied."""
+    """Open (creating if needed) DATA/coordinator.sqlite with the schema applied, the WAL emptied."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    return Database(data_dir / DB_NAME, SCHEMA)
+    db = Database(data_dir / DB_NAME, SCHEMA)
+    erase_old_frames(db)
+    return db
+
+
+def erase_old_frames(db: Database) -> None:
+    """Copy the WAL into the main file and truncate it to zero bytes (blocking; call off the event loop).
+
+    `secure_delete` zeroes a deleted row in its page, but the WAL still
+    holds older frames of that page with the row in them until a
+    checkpoint. TRUNCATE writes the zeroed pages into the main file and cuts
+    the WAL to nothing, so a deleted mailbox blob is in neither file. The
+    Database contract has no transaction-free write, so this uses its
+    lock-only `reading()` (a checkpoint cannot run inside a transaction).
+    """
+    with db.reading() as conn:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:  # only this process has the file open, so a reader can only be another tool
+        raise RuntimeError("coordinator.sqlite: WAL checkpoint blocked by another connection")

@@ -13,7 +13,8 @@ typed values to the part that does the work:
 All state is in one SQLite file (schema.py) that survives restarts. What the
 coordinator deliberately never stores: who deposited a blob (neither
 transport key nor address nor time), which client reported which audit,
-which client stores data on which peer. See docs/COORDINATOR.md.
+which client stores data on which peer (both kept in memory only), a
+deleted blob (erased from the file and its WAL). See docs/COORDINATOR.md.
 
 Every refusal is a RemoteError with a short code.
 """
@@ -252,10 +253,21 @@ class Coordinator(RpcService):
         return await self.peers.list_peers()
 
     async def rpc_report_audit(self, ctx: CallContext, args: Map) -> Map:
-        """Count one audit outcome against `peer` (at most one per reporter per peer per interval)."""
+        """Count one audit run against `peer`: {peer, passed, failed} counts, or the older {peer, ok}.
+
+        Counted only from a reporter the peer itself says it stores data for;
+        rules in PeerRegistry.report_audit and docs/TRUST.md "Reputation".
+        """
         peer = get_bytes(args, "peer", size=KEY_SIZE)
-        ok = get_bool(args, "ok")
-        return {"counted": await self.peers.report_audit(ctx.remote_key, peer, ok)}
+        if "ok" in args:
+            ok = get_bool(args, "ok")
+            passed, failed = int(ok), int(not ok)
+        else:
+            passed = get_int(args, "passed", low=0, high=2**31)
+            failed = get_int(args, "failed", low=0, high=2**31)
+            if passed + failed == 0:
+                raise _bad("a report needs at least one passed or failed challenge")
+        return {"counted": await self.peers.report_audit(ctx.remote_key, peer, passed, failed)}
 
     # ---- usernames ---------------------------------------------------------
 

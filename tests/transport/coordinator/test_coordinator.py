@@ -160,18 +160,23 @@ def test_heartbeat_requires_registration(tmp_path: Path) -> None:
 
 
 def test_audit_reports_move_reputation(tmp_path: Path) -> None:
-    """Failed audits from distinct reporters sink a peer below the floor; repeats from one reporter do not count."""
+    """Failed audits from reporters the peer stores data for sink it below the floor; clean repeats
+    from one reporter within the interval do not count, and a key the peer stores nothing for counts not at all."""
 
     async def body() -> None:
         async with coordinator(tmp_path) as addr:
             async with party(addr) as peer, party(addr) as good, party(addr) as a, party(addr) as b, party(addr) as c:
                 await peer.client.register("127.0.0.1:9100", capacity=100, free=100)
                 await good.client.register("127.0.0.1:9101", capacity=100, free=100)
+                stored = [(x.id, 4 << 20) for x in (a, b)]  # c stores nothing anywhere
+                await peer.client.heartbeat(100, 0, stored)
+                await good.client.heartbeat(100, 0, stored)
                 assert await a.client.report_audit(good.id, True)
+                assert not await a.client.report_audit(good.id, True)  # a clean repeat too soon: not counted
                 assert await a.client.report_audit(peer.id, False)
-                assert not await a.client.report_audit(peer.id, False)  # same reporter, too soon: not counted
+                assert await a.client.report_audit(peer.id, False)  # failures are never rate-bounded away
                 assert await b.client.report_audit(peer.id, False)
-                assert await c.client.report_audit(peer.id, False)
+                assert not await c.client.report_audit(peer.id, False)  # no data there: no say
                 await expect_refusal("not_found", a.client.report_audit(b.id, True))  # b is no peer
                 await expect_refusal("self_report", peer.client.report_audit(peer.id, True))
                 records = {r.id: r for r in await a.client.list_peers()}
