@@ -198,14 +198,21 @@ class Doctor:
         offline = [state is PeerState.OFFLINE for state in states]
 
         async def column(col: int) -> None:
-            if states[col] is not PeerState.HEALTHY:
-                return  # missing, silent or disqualified: a challenge would only time out or not be believed
+            record = None if missing[col] else records.get(peers[col])
+            # A disqualified peer that still runs is challenged too: if our own earlier failure
+            # report is what holds it, only our passing audit may lift it (docs/TRUST.md).
+            recheck = record is not None and record.disqualified and record.alive
+            if states[col] is not PeerState.HEALTHY and not recheck:
+                return  # missing or silent: a challenge would only time out
             ok = await self._challenge_column(layout, peers[col], col)
-            healthy[col] = ok
             if report is not None:
                 report.fragments_checked += len(layout.segments)
                 report.fragments_failed += 0 if ok else 1
             await self.packs.report(peers[col], ok)
+            if recheck and ok:
+                fresh = (await self.net.peers(refresh=True)).get(peers[col])
+                ok = fresh is not None and not fresh.disqualified  # others' failures still stand
+            healthy[col] = ok
 
         async with trio.open_nursery() as nursery:
             for col in range(layout.n):
