@@ -31,7 +31,6 @@ nothing; the bounds are in transport/peer/limits.py.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import io
 import logging
@@ -47,6 +46,7 @@ from typing import TypeVar
 from cryptree.merkle import LEAF_SIZE, MerkleBuilder, merkle_proof
 from cryptree.slot import SignedSlot, SlotError
 from transport.errors import RemoteError
+from transport.peer.durable_files import IOV_MAX, DirSyncer, fsync_dir, mkstemp_in, start_writeback
 from transport.peer.limits import RESERVED_PER_CLIENT_MAX, UPLOADS_PER_CLIENT_MAX
 from transport.sqlite_db import Database
 
@@ -98,13 +98,13 @@ class FragmentStore:
         for sub in missing:
             sub.mkdir()
         if missing:
-            _fsync_dir(frags)
-            _fsync_dir(self.root)
+            fsync_dir(frags)
+            fsync_dir(self.root)
         tmp = self.root / "tmp"
         # Whatever is in tmp/ is an upload that was never acknowledged (a crash or kill mid-upload).
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        self._dir_sync = _DirSyncer()
+        self._dir_sync = DirSyncer()
         # NORMAL: a commit survives a killed process; after power loss the index is rebuilt
         # from the fragment files (see _reconcile), and slots are replicated on several peers.
         self.db = Database(self.root / "index.sqlite", _SCHEMA, synchronous="NORMAL")
@@ -502,7 +502,7 @@ class Upload:
 
     def __init__(self, store: FragmentStore) -> None:
         self.builder = MerkleBuilder()
-        fd, name = _mkstemp(store.root / "tmp")
+        fd, name = mkstemp_in(store.root / "tmp")
         self.path = Path(name)
         self._fd: int | None = fd
         self._written = 0
@@ -531,7 +531,7 @@ class Upload:
         start = self._written
         try:
             while views:
-                n = os.writev(fd, views[:_IOV_MAX])
+                n = os.writev(fd, views[:IOV_MAX])
                 self._written += n
                 while views and n >= len(views[0]):
                     n -= len(views[0])
@@ -542,7 +542,7 @@ class Upload:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise RemoteError("full", "peer disk is full") from exc
             raise
-        _start_writeback(fd, start, self._written - start)
+        start_writeback(fd, start, self._written - start)
 
     def finish(self) -> None:
         """Flush the file to stable storage."""
@@ -559,103 +559,3 @@ class Upload:
         if not self.moved:  # after the rename an unlink would only wait on tmp/'s lock to fail
             self.path.unlink(missing_ok=True)
             self.moved = True
-
-
-_IOV_MAX = 1024  # Linux's limit on buffers per writev
-
-
-class _DirSyncer:
-    """Group commit of directory fsyncs across concurrent uploads.
-
-    A rename is durable once its directory is fsync'd *after* the rename. A
-    caller whose rename is done joins the next batch; one thread (the first
-    caller to find no batch running) fsyncs every directory of the batch and
-    wakes the others. A caller arriving while a batch runs waits for the
-    following one, since the running fsync may have started before its rename.
-    An fsync error is raised in every caller of that batch.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._pending: set[Path] = set()
-        self._next = 1  # number of the batch that new callers join
-        self._done = 0  # last batch finished
-        self._running = False
-        self._errors: dict[int, OSError] = {}
-
-    def sync(self, directory: Path) -> None:
-        """Return once `directory` was fsync'd after this call began (blocking)."""
-        with self._cond:
-            self._pending.add(directory)
-            mine = self._next
-            while self._done < mine:
-                if not self._running:
-                    break
-                self._cond.wait()
-            else:
-                self._raise_if_failed(mine)
-                return
-            # Leader: take the batch (which includes ours) and run it outside the lock.
-            batch, self._pending = self._pending, set()
-            self._running = True
-            self._next += 1
-        error: OSError | None = None
-        try:
-            for d in batch:
-                try:
-                    _fsync_dir(d)
-                except OSError as exc:
-                    error = exc
-        finally:
-            with self._cond:
-                if error is not None:
-                    self._errors[mine] = error
-                self._done = mine
-                self._running = False
-                self._cond.notify_all()
-        self._raise_if_failed(mine)
-
-    def _raise_if_failed(self, batch: int) -> None:
-        error = self._errors.get(batch)
-        if error is not None:
-            raise error
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's sync_file_range, or None where it does not exist (non-Linux)."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing a range to disk now, without waiting for it.
-
-    Purely a performance hint: durability still comes from the fsync before
-    the rename. Without it, a whole fragment sits dirty in the page cache
-    until that fsync, which then waits for all of it at once.
-    """
-    if _sync_file_range is not None and length > 0:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def _mkstemp(directory: Path) -> tuple[int, str]:
-    import tempfile
-
-    return tempfile.mkstemp(dir=directory, prefix="up-")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

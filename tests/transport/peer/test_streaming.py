@@ -16,7 +16,8 @@ from cryptree.merkle import merkle_root
 from cryptree.slot import sign_slot
 from transport.errors import RemoteError
 from transport.peer.client import StoragePeerClient
-from transport.peer.fragment_store import FragmentStore, _DirSyncer
+from transport.peer.durable_files import DirSyncer
+from transport.peer.fragment_store import FragmentStore
 from transport.peer.service import PeerConfig, run_storage_peer
 from transport.protocol import wire
 from transport.protocol.pool import open_pool
@@ -55,7 +56,7 @@ def test_piece_fast_path_leaves_anything_unusual_to_the_strict_decoder(raw: byte
 
 
 def test_dir_syncer_batches_and_reports_errors(tmp_path: Path) -> None:
-    syncer = _DirSyncer()
+    syncer = DirSyncer()
     dirs = [tmp_path / f"d{i}" for i in range(8)]
     for d in dirs:
         d.mkdir()
