@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pluto_fs.grid.localgrid import LocalGrid
+
 
 def _under_test() -> str:
     return os.environ.get("PLUTO_FS_UNDER_TEST", "pluto")
@@ -32,3 +34,15 @@ def fs_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     d = mount.path / f"t-{uuid.uuid4().hex[:8]}"
     d.mkdir()
     yield d
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGrid]:
+    """A coordinator and five storage peers, shared by the tests of one module (it takes seconds to
+    start); each test uses its own identity on it."""
+    g = LocalGrid(tmp_path_factory.mktemp("grid"), peers=5, capacity="1G", heartbeat=0.5)
+    try:
+        g.start()
+        yield g
+    finally:
+        g.stop()

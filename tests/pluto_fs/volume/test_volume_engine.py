@@ -7,7 +7,7 @@ Big trees, restore from the words and lost peers are in tests/e2e/test_volume.py
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,17 +23,6 @@ from pluto_fs.home import Config, Home
 from pluto_fs.volume.volume import Volume, open_volume
 
 BIG = os.urandom(3_000_000)  # several content-defined chunks (about 1 MiB each)
-
-
-@pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGrid]:
-    """A coordinator and five storage peers, shared by this module's tests (each uses its own identity)."""
-    g = LocalGrid(tmp_path_factory.mktemp("grid"), peers=5, capacity="1G", heartbeat=0.5)
-    try:
-        g.start()
-        yield g
-    finally:
-        g.stop()
 
 
 def _home(where: Path, grid: LocalGrid, seed: bytes | None = None) -> Home:
