@@ -190,3 +190,18 @@ def annotate_cbor(data: bytes, names: dict[str, str] | None = None) -> str:
 def block(kind: str, name: str, body: str) -> str:
     """A fenced example as the doc holds it."""
     return f"```{kind} {name}\n{body}\n```"
+
+
+Built = dict[str, tuple[str, Any, str]]  # example name -> (block kind, value, what the block shows)
+
+
+def render_blocks(built: Built) -> str:
+    """Examples as the doc holds them (what a doc-test module prints when run as a script)."""
+    return "\n\n".join(block(kind, name, shown) for name, (kind, _, shown) in built.items())
+
+
+def differing_examples(built: Built, path: Path = FORMATS_MD) -> list[str]:
+    """Names of the examples whose bytes or text in the doc differ from what the code made."""
+    doc_hex, doc_text = hex_examples(path), text_examples(path)
+    return [name for name, (kind, value, _) in built.items()
+            if (doc_hex.get(name) if kind == "hex" else doc_text.get(name)) != value]

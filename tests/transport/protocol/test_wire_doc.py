@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import base64
 
-from tests.formats_doc import annotate_cbor, annotate_fields, block, hex_examples, text_examples
+from tests.formats_doc import (
+    annotate_cbor,
+    annotate_fields,
+    differing_examples,
+    hex_examples,
+    render_blocks,
+    text_examples,
+)
 from transport.protocol import wire
 from transport.protocol.peer_id import parse_peer_id, peer_id_text
 from transport.protocol.rpc import _piece_header
@@ -45,7 +52,7 @@ def build() -> dict[str, tuple[str, bytes | str, str]]:
 
 def render() -> str:
     """The blocks as the doc holds them."""
-    return "\n\n".join(block(kind, name, shown) for name, (kind, _, shown) in build().items())
+    return render_blocks(build())
 
 
 DOC_HEX = hex_examples()
@@ -53,9 +60,7 @@ DOC_TEXT = text_examples()
 
 
 def test_the_doc_holds_exactly_the_examples_the_code_makes() -> None:
-    for name, (kind, value, _) in build().items():
-        doc = DOC_HEX.get(name) if kind == "hex" else DOC_TEXT.get(name)
-        assert doc == value, f"docs/FORMATS.md example {name!r} differs from what the code makes"
+    assert differing_examples(build()) == [], "docs/FORMATS.md examples differ from what the code makes"
 
 
 def test_documented_messages_decode_to_their_fields_and_encode_back() -> None:
